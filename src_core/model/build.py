@@ -1,0 +1,206 @@
+"""Building SAM models by name, with or without weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from ..device import resolve_device, resolve_dtype
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Geometry of a SAM model. The prompt encoder and decoder are the same for all."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+
+
+MODEL_CONFIGS: Mapping[str, SamConfig] = MappingProxyType(
+    {
+        "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+        "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
+        "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+    }
+)
+
+
+def build_sam_from_config(config: SamConfig) -> Sam:
+    """A SAM model with freshly initialized (untrained) weights, in eval mode."""
+    embedding_size = config.image_size // config.patch_size
+    dim = config.prompt_embed_dim
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.encoder_embed_dim,
+            depth=config.encoder_depth,
+            num_heads=config.encoder_num_heads,
+            mlp_ratio=4.0,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=config.window_size,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=2048, num_heads=8),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    return sam.eval()
+
+
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A short human description of the encoder geometry a state dict holds."""
+    pos = state_dict.get("image_encoder.pos_embed")
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    if pos is None:
+        return "no SAM image encoder (key 'image_encoder.pos_embed' is missing)"
+    return f"an image encoder {pos.shape[-1]} wide and {depth} blocks deep"
+
+
+def infer_model_type(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The registry name whose geometry matches ``state_dict``, or None."""
+    pos = state_dict.get("image_encoder.pos_embed")
+    if pos is None:
+        return None
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    for name, config in MODEL_CONFIGS.items():
+        if pos.shape[-1] == config.encoder_embed_dim and depth == config.encoder_depth:
+            return name
+    return None
+
+
+def load_weights(sam: Sam, state_dict: Mapping[str, torch.Tensor], model_type: str, source: str) -> None:
+    """Load ``state_dict`` strictly, explaining mismatches in terms of model types."""
+    own = sam.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong_shape = sorted(
+        k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        found = infer_model_type(state_dict)
+        hint = (
+            f"its keys match model type {found!r}: use model_type={found!r}"
+            if found is not None and found != model_type
+            else f"it holds {describe_state_dict(state_dict)}"
+        )
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if wrong_shape:
+            details.append(f"{len(wrong_shape)} keys with other shapes (e.g. {wrong_shape[:3]})")
+        raise ValueError(
+            f"checkpoint {source} does not fit a {model_type!r} SAM model: {hint}; "
+            + "; ".join(details)
+        )
+    sam.load_state_dict(state_dict, strict=True)
+
+
+def build_sam(
+    model_type: str = "vit_b",
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    download: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Sam:
+    """Build a SAM model with weights, ready for inference.
+
+    Parameters
+    ----------
+    model_type : str
+        "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package).
+    checkpoint : path, state dict or None
+        A local checkpoint file (official or fine-tuned), an already loaded state dict,
+        or None for the official file of ``model_type`` from the cache (downloaded,
+        verified, if missing and ``download`` is True).
+    device : str or torch.device or None
+        None or "auto" picks cuda > mps > cpu.
+    dtype : str or torch.dtype or None
+        Precision of the image encoder: None/"float32", "bfloat16", or "auto" (bfloat16
+        where the hardware runs it natively). The decoder always runs in float32.
+    download : bool
+        Allow downloading the official checkpoint when ``checkpoint`` is None.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)`` during a download.
+
+    Returns
+    -------
+    Sam
+        The model in eval mode on ``device``.
+    """
+    from ..checkpoints import load_state_dict, resolve_checkpoint
+
+    model_type = "vit_h" if model_type == "default" else model_type
+    if model_type not in MODEL_CONFIGS:
+        raise ValueError(
+            f"unknown model type {model_type!r}: expected one of {sorted(MODEL_CONFIGS)}"
+        )
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if isinstance(checkpoint, Mapping):
+        state_dict, source = checkpoint, "(state dict)"
+    else:
+        path = resolve_checkpoint(model_type, checkpoint, download=download, progress=progress)
+        state_dict, source = load_state_dict(path), str(path)
+    sam = build_sam_from_config(MODEL_CONFIGS[model_type])
+    load_weights(sam, state_dict, model_type, source)
+    sam.to(torch_device)
+    sam.set_encoder_dtype(torch_dtype)
+    return sam.eval()
+
+
+def _registry_builder(model_type: str) -> Callable[..., Sam]:
+    def build(checkpoint: str | os.PathLike | None = None) -> Sam:
+        if checkpoint is None:
+            return build_sam_from_config(MODEL_CONFIGS[model_type])
+        return build_sam(model_type, checkpoint, device="cpu")
+
+    build.__doc__ = (
+        f"Build a {model_type} SAM on the CPU like Meta's registry: untrained weights when "
+        "checkpoint is None, else loaded from the file."
+    )
+    return build
+
+
+sam_model_registry: Mapping[str, Callable[..., Sam]] = MappingProxyType(
+    {
+        "default": _registry_builder("vit_h"),
+        "vit_h": _registry_builder("vit_h"),
+        "vit_l": _registry_builder("vit_l"),
+        "vit_b": _registry_builder("vit_b"),
+    }
+)
