@@ -1,0 +1,566 @@
+"""Official SAM checkpoints: registry, per-user cache, verified download, loading.
+
+Checkpoints are large (375 MB to 2.5 GB), so downloads stream into
+``<name>.part`` next to their final place, resume with an HTTP ``Range``
+request when a previous attempt was cut off, and are verified (size and
+sha256) before being renamed into place. The cache therefore never holds a
+half-written file under a final name.
+
+Loading uses ``torch.load(..., weights_only=True)``: a checkpoint is data, and
+must never be able to run code when opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.client import HTTPException, HTTPResponse
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported when weights are loaded, not before
+    import torch
+
+__all__ = [
+    "CHECKPOINTS",
+    "CheckpointInfo",
+    "cache_dir",
+    "cached_checkpoint",
+    "checkpoint_info",
+    "checkpoint_path",
+    "download_checkpoint",
+    "load_state_dict",
+    "resolve_checkpoint",
+    "sha256_file",
+]
+
+ProgressCallback = Callable[[int, int], object]
+
+_CACHE_ENV_VAR = "NAPARI_SAM_CACHE"
+_USER_AGENT = "napari-sam checkpoint downloader"
+_DEFAULT_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One downloadable checkpoint file.
+
+    Parameters
+    ----------
+    name : str
+        Model type the weights belong to, e.g. ``"vit_b"``.
+    url : str
+        Where the file is published.
+    size : int
+        Exact size of the file in bytes.
+    sha256 : str
+        Hex sha256 digest of the file.
+    """
+
+    name: str
+    url: str
+    size: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(
+                f"checkpoint {self.name!r}: size must be a positive number of "
+                f"bytes, got {self.size!r}"
+            )
+        digest = self.sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(
+                f"checkpoint {self.name!r}: sha256 must be 64 hex characters, "
+                f"got {self.sha256!r}"
+            )
+        if not self.filename:
+            raise ValueError(
+                f"checkpoint {self.name!r}: URL {self.url!r} does not end in a "
+                "file name"
+            )
+
+    @property
+    def filename(self) -> str:
+        """The file name at the end of the URL, e.g. ``sam_vit_b_01ec64.pth``."""
+        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
+
+
+_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
+    {
+        "vit_h": CheckpointInfo(
+            "vit_h",
+            _BASE_URL + "sam_vit_h_4b8939.pth",
+            2564550879,
+            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        ),
+        "vit_l": CheckpointInfo(
+            "vit_l",
+            _BASE_URL + "sam_vit_l_0b3195.pth",
+            1249524607,
+            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        ),
+        "vit_b": CheckpointInfo(
+            "vit_b",
+            _BASE_URL + "sam_vit_b_01ec64.pth",
+            375042383,
+            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        ),
+    }
+)
+
+
+def checkpoint_info(name_or_info: str | CheckpointInfo) -> CheckpointInfo:
+    """Look up a registry entry by model type (a ``CheckpointInfo`` passes through).
+
+    Raises
+    ------
+    ValueError
+        If ``name_or_info`` is not a known model type.
+    """
+    if isinstance(name_or_info, CheckpointInfo):
+        return name_or_info
+    try:
+        return CHECKPOINTS[name_or_info]
+    except (KeyError, TypeError):
+        known = ", ".join(repr(k) for k in CHECKPOINTS)
+        raise ValueError(
+            f"unknown SAM model type {name_or_info!r}; expected one of {known}"
+        ) from None
+
+
+def cache_dir() -> Path:
+    """Per-user cache folder of napari-sam.
+
+    ``$NAPARI_SAM_CACHE`` if set; otherwise ``%LOCALAPPDATA%\\napari-sam\\cache``
+    on Windows and ``$XDG_CACHE_HOME/napari-sam`` (default
+    ``~/.cache/napari-sam``) elsewhere. The folder is not created here.
+    """
+    override = os.environ.get(_CACHE_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        base = Path(local) if local else Path.home() / "AppData" / "Local"
+        return base / "napari-sam" / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "napari-sam"
+
+
+def checkpoint_path(
+    name_or_info: str | CheckpointInfo, cache: str | os.PathLike | None = None
+) -> Path:
+    """Where a checkpoint lives in the cache (whether or not it is there yet).
+
+    Parameters
+    ----------
+    name_or_info : str or CheckpointInfo
+        Registry name or an explicit entry.
+    cache : path-like, optional
+        Cache root to use instead of :func:`cache_dir`; checkpoints go in its
+        ``checkpoints`` subfolder.
+    """
+    info = checkpoint_info(name_or_info)
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+    return root / "checkpoints" / info.filename
+
+
+def cached_checkpoint(
+    name: str | CheckpointInfo, cache: str | os.PathLike | None = None
+) -> Path | None:
+    """The cached checkpoint file if present with the expected size, else None.
+
+    This is a cheap check (no hashing); :func:`download_checkpoint` verifies
+    the sha256 before a file is ever put under its final name.
+    """
+    info = checkpoint_info(name)
+    path = checkpoint_path(info, cache)
+    try:
+        if path.is_file() and path.stat().st_size == info.size:
+            return path
+    except OSError:
+        pass
+    return None
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = _DEFAULT_CHUNK) -> str:
+    """Hex sha256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manual_hint(url: str, dest: Path) -> str:
+    return (
+        f"You can download {url} yourself and save it as {dest}, or pass the "
+        "path of a local checkpoint file instead (checkpoint=...)."
+    )
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
+    """``bytes START-END/TOTAL`` -> (START, TOTAL or None); None if malformed."""
+    if not value:
+        return None
+    unit, _, spec = value.strip().partition(" ")
+    if unit.lower() != "bytes":
+        return None
+    span, _, total = spec.partition("/")
+    start, _, _ = span.partition("-")
+    try:
+        return int(start), (None if total.strip() in ("", "*") else int(total))
+    except ValueError:
+        return None
+
+
+def download_checkpoint(
+    name_or_info: str | CheckpointInfo,
+    *,
+    cache: str | os.PathLike | None = None,
+    url: str | None = None,
+    progress: ProgressCallback | None = None,
+    chunk_size: int = _DEFAULT_CHUNK,
+    timeout: float = 30.0,
+) -> Path:
+    """Download a checkpoint into the cache, resuming and verifying it.
+
+    Parameters
+    ----------
+    name_or_info : str or CheckpointInfo
+        Registry name (``"vit_h"``, ``"vit_l"``, ``"vit_b"``) or an entry.
+    cache : path-like, optional
+        Cache root instead of :func:`cache_dir`.
+    url : str, optional
+        Fetch from here instead of the entry's URL (mirrors, tests).
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as chunks arrive. An
+        exception raised by it stops the download (the partial file is kept,
+        so the next call resumes) and propagates: this is how to cancel.
+    chunk_size : int
+        Bytes read per chunk.
+    timeout : float
+        Seconds to wait for connecting and for each read.
+
+    Returns
+    -------
+    Path
+        The verified file in the cache.
+
+    Raises
+    ------
+    ValueError
+        Unknown model type.
+    RuntimeError
+        Network unreachable, HTTP error, interrupted download (call again to
+        resume), or size/sha256 mismatch.
+    """
+    info = checkpoint_info(name_or_info)
+    source = url if url is not None else info.url
+    dest = checkpoint_path(info, cache)
+    part = dest.with_name(dest.name + ".part")
+    expected = info.sha256.lower()
+
+    if dest.is_file():
+        if dest.stat().st_size == info.size and sha256_file(dest) == expected:
+            return dest
+        dest.unlink()  # a corrupt file in our own cache: fetch it again
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot create the checkpoint cache folder {dest.parent}: {exc}. "
+            f"Set {_CACHE_ENV_VAR} to a writable folder."
+        ) from exc
+
+    offset = part.stat().st_size if part.is_file() else 0
+    if offset > info.size:
+        part.unlink()
+        offset = 0
+    if offset == info.size:
+        # A previous run got every byte but stopped before the rename.
+        if sha256_file(part) == expected:
+            os.replace(part, dest)
+            return dest
+        part.unlink()
+        offset = 0
+
+    # Two attempts at most: the second one only when the server could not
+    # honour our resume request (416 or a Content-Range we did not ask for).
+    for _ in range(2):
+        result = _fetch(info, source, dest, part, offset, progress, chunk_size, timeout)
+        if result is not None:
+            return result
+        part.unlink(missing_ok=True)
+        offset = 0
+    raise RuntimeError(  # pragma: no cover - _fetch without Range always decides
+        f"could not download {source}. " + _manual_hint(source, dest)
+    )
+
+
+def _fetch(
+    info: CheckpointInfo,
+    source: str,
+    dest: Path,
+    part: Path,
+    offset: int,
+    progress: ProgressCallback | None,
+    chunk_size: int,
+    timeout: float,
+) -> Path | None:
+    """One HTTP request. Returns the final path, or None to retry from zero."""
+    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(source, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:
+            return None
+        raise RuntimeError(
+            f"downloading {source} failed: the server answered HTTP {exc.code} "
+            f"{exc.reason}. " + _manual_hint(source, dest)
+        ) from exc
+    except (urllib.error.URLError, OSError, HTTPException, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RuntimeError(
+            f"cannot download the {info.name} checkpoint from {source}: "
+            f"{reason}. Check the network connection. " + _manual_hint(source, dest)
+        ) from exc
+
+    with response:
+        status = getattr(response, "status", 200)
+        if offset and status == 206:
+            content_range = _parse_content_range(response.headers.get("Content-Range"))
+            if content_range is None or content_range[0] != offset:
+                return None
+            if content_range[1] is not None and content_range[1] != info.size:
+                raise RuntimeError(
+                    f"{source} is {content_range[1]} bytes but the {info.name} "
+                    f"checkpoint is {info.size} bytes; the URL points at a "
+                    "different file."
+                )
+            start = offset
+        else:
+            start = 0  # a full answer (200): start over
+
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and start + int(length) != info.size:
+            raise RuntimeError(
+                f"{source} is {start + int(length)} bytes but the {info.name} "
+                f"checkpoint is {info.size} bytes; the URL points at a "
+                "different file."
+            )
+
+        digest = hashlib.sha256()
+        if start:
+            with open(part, "rb") as f:
+                while chunk := f.read(chunk_size):
+                    digest.update(chunk)
+        done = _stream(response, part, start, digest, info, source, progress, chunk_size)
+
+    if done < info.size:
+        raise RuntimeError(
+            f"the download of {source} was interrupted after {done} of "
+            f"{info.size} bytes. The partial file is kept at {part}; calling "
+            "download again resumes where it stopped."
+        )
+    got = digest.hexdigest()
+    if got != info.sha256.lower():
+        part.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"the file downloaded from {source} is corrupt: expected sha256 "
+            f"{info.sha256.lower()}, got {got}. It was deleted; try again, or "
+            "download it yourself and pass its path."
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def _stream(
+    response: HTTPResponse,
+    part: Path,
+    start: int,
+    digest: Any,
+    info: CheckpointInfo,
+    source: str,
+    progress: ProgressCallback | None,
+    chunk_size: int,
+) -> int:
+    """Copy the response body into ``part``; return the bytes the file now holds."""
+    done = start
+    try:
+        out = open(part, "ab" if start else "wb")
+    except OSError as exc:
+        raise RuntimeError(f"cannot write {part}: {exc}") from exc
+    with out:
+        while True:
+            try:
+                chunk = response.read(chunk_size)
+            except (OSError, HTTPException):
+                break  # connection dropped or timed out: keep what we have
+            if not chunk:
+                break
+            if done + len(chunk) > info.size:
+                out.close()
+                part.unlink(missing_ok=True)
+                raise RuntimeError(
+                    f"{source} sent more than the expected {info.size} bytes; "
+                    "the URL points at a different file."
+                )
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot write {part}: {exc}. Free some disk space or set "
+                    f"{_CACHE_ENV_VAR} to another folder, then call again to resume."
+                ) from exc
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, info.size)
+    return done
+
+
+def resolve_checkpoint(
+    model_type: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    cache: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Find the checkpoint file to load for ``model_type``.
+
+    Parameters
+    ----------
+    model_type : str
+        Registry name; only used when ``checkpoint`` is not given.
+    checkpoint : path-like, optional
+        A local checkpoint file; returned as is if it exists.
+    download : bool
+        Download the official checkpoint when it is not cached.
+    cache : path-like, optional
+        Cache root instead of :func:`cache_dir`.
+    progress : callable, optional
+        Passed to :func:`download_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``checkpoint`` is not an existing file, or the official file is not
+        cached and ``download`` is False.
+    """
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if path.is_file():
+            return path
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"checkpoint {path} {what}. Pass the path of a SAM checkpoint file "
+            f"(.pth), or leave it out to use the official {model_type} weights."
+        )
+    info = checkpoint_info(model_type)
+    found = cached_checkpoint(info, cache)
+    if found is not None:
+        return found
+    if download:
+        return download_checkpoint(info, cache=cache, progress=progress)
+    dest = checkpoint_path(info, cache)
+    raise FileNotFoundError(
+        f"the {model_type} checkpoint is not in the cache and downloading is "
+        f"off. Download {info.url} and save it as {dest}, allow downloading, "
+        "or pass the path of a local checkpoint file."
+    )
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's weights on the CPU without running any pickled code.
+
+    Accepts a bare state dict or one nested under ``"model"`` or
+    ``"state_dict"``; a ``"module."`` prefix on every key (DataParallel) is
+    removed. Entries that are not tensors are dropped.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a readable PyTorch checkpoint, holds Python objects other than
+        plain weights, or holds no tensors.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"checkpoint {path} {what}.")
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler names the class or function it refused
+        # ("unsupported GLOBAL module.name"); garbage bytes fail differently.
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        refused = [ln for ln in lines if "global" in ln.lower()]
+        if refused:
+            raise ValueError(
+                f"{path} is not a plain weights file: it contains Python objects "
+                f"that would have to run code to be loaded ({refused[0]}), so it "
+                "was refused. Use a checkpoint that holds only tensors (a state "
+                "dict)."
+            ) from exc
+        raise _unreadable(path, exc) from exc
+    except Exception as exc:  # torch raises many types for damaged files
+        raise _unreadable(path, exc) from exc
+
+    state = loaded
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"{path} holds a {type(loaded).__name__}, expected a dict of "
+            "tensors (a state dict)."
+        )
+    tensors = {
+        str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)
+    }
+    if not tensors:
+        raise ValueError(
+            f"{path} contains no tensors; expected a SAM state dict mapping "
+            "parameter names to tensors."
+        )
+    prefix = "module."
+    if all(k.startswith(prefix) for k in tensors):
+        tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    # torch's messages are paragraphs; keep the line that says what broke.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    specific = [ln for ln in lines if "unsupported" in ln.lower()]
+    detail = (specific or lines or ["no details"])[0][:200]
+    reason = f"{type(exc).__name__}: {detail}"
+    return ValueError(
+        f"{path} is not a readable PyTorch checkpoint (corrupt, truncated, or "
+        f"not a plain weights file) [{reason}]. Download or save it again."
+    )
