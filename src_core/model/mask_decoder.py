@@ -99,11 +99,14 @@ class MaskDecoder(nn.Module):
         ``M`` is 3 with ``multimask_output`` and 1 otherwise. ``image_embeddings`` is
         (1, C, H, W) shared by all B prompts, or (B, C, H, W) one per prompt.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou_pred[:, selected]
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            mask_slice=selected,
+        )
 
     def predict_masks(
         self,
@@ -111,8 +114,9 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        mask_slice: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and IoU predictions for all ``num_mask_tokens`` outputs."""
+        """Logits and IoU predictions of the mask tokens in ``mask_slice`` (all by default)."""
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
@@ -122,20 +126,39 @@ class MaskDecoder(nn.Module):
             image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
         src = image_embeddings + dense_prompt_embeddings
         pos_src = image_pe.expand(batch, -1, -1, -1)
-        _, channels, height, width = src.shape
+        _, _, height, width = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        src = src.transpose(1, 2).reshape(batch, channels, height, width)
-        upscaled = self.output_upscaling(src)
+        hs, image_tokens = self.transformer(src, pos_src, tokens)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, mask_slice]
+        token_ids = range(self.num_mask_tokens)[mask_slice]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-            dim=1,
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in token_ids], dim=1
         )
-        _, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(
-            batch, -1, up_h, up_w
-        )
-        return masks, self.iou_prediction_head(iou_token_out)
+        return self._upscale_and_project(image_tokens, hyper_in, height, width), iou_pred
+
+    def _upscale_and_project(
+        self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``output_upscaling`` followed by the product with the hypernetwork outputs.
+
+        Both transposed convolutions are 2x2 with stride 2, i.e. one matrix product per
+        input pixel. They run on channels-last tokens, keeping each pixel's 2x2 (then
+        4x4) children next to it, and the pixels are put in image order only once, on
+        the few mask channels at the end. Same arithmetic as the Conv/LayerNorm2d stack.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        batch, masks = hyper_in.shape[:2]
+        c1 = conv1.weight.shape[1]
+        c2 = conv2.weight.shape[1]
+        # (in, out, kh, kw) -> (in, kh * kw * out): children (kh, kw) outer, channels inner
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], 4 * c1)
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = (image_tokens @ w1).view(batch, height * width * 4, c1) + conv1.bias
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        x = (x @ w2).view(batch, height * width * 16, c2) + conv2.bias
+        x = act2(x)
+        logits = x @ hyper_in.transpose(1, 2)  # (B, H*W*[a,b]*[c,d], M)
+        logits = logits.view(batch, height, width, 2, 2, 2, 2, masks)
+        # output row = 4h + 2a + c, column = 4w + 2b + d
+        logits = logits.permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, masks, 4 * height, 4 * width)
