@@ -146,7 +146,7 @@ class Attention(nn.Module):
     * GPU: ``scaled_dot_product_attention`` with the bias as an additive mask, so the
       fused kernels do the work.
     * CPU: the logits are computed in blocks of queries small enough to stay in cache,
-      the bias is added in place, and softmax and the value product follow on the same
+      the bias enters the product (``baddbmm``), and softmax and the value product follow on the same
       block. On a 2-core AVX512-BF16 CPU this is 2x faster than the SDPA kernels for the
       4096-token global blocks (measured: 0.30 s against 0.71 s per bfloat16 block),
       because nothing of size tokens x tokens ever goes through main memory.
@@ -218,10 +218,11 @@ class Attention(nn.Module):
             g1 = min(g0 + group_step, groups)
             for i0 in range(0, tokens, query_step):
                 i1 = min(i0 + query_step, tokens)
-                logits = torch.bmm(q[g0:g1, i0:i1], keys_t[g0:g1])
                 if rel_h is not None:
-                    grid = logits.view(g1 - g0, i1 - i0, rel_h.shape[2], rel_w.shape[3])
-                    grid.add_(rel_h[g0:g1, i0:i1]).add_(rel_w[g0:g1, i0:i1])
+                    bias = (rel_h[g0:g1, i0:i1] + rel_w[g0:g1, i0:i1]).view(g1 - g0, i1 - i0, tokens)
+                    logits = torch.baddbmm(bias, q[g0:g1, i0:i1], keys_t[g0:g1])
+                else:
+                    logits = torch.bmm(q[g0:g1, i0:i1], keys_t[g0:g1])
                 torch.bmm(torch.softmax(logits, dim=-1), v[g0:g1], out=out[g0:g1, i0:i1])
         return out
 

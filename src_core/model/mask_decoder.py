@@ -153,10 +153,11 @@ class MaskDecoder(nn.Module):
         # (in, out, kh, kw) -> (in, kh * kw * out): children (kh, kw) outer, channels inner
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], 4 * c1)
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        x = (image_tokens @ w1).view(batch, height * width * 4, c1) + conv1.bias
+        tokens = image_tokens.reshape(batch * height * width, -1)
+        x = torch.addmm(conv1.bias.repeat(4), tokens, w1).view(batch, height * width * 4, c1)
         x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        x = (x @ w2).view(batch, height * width * 16, c2) + conv2.bias
-        x = act2(x)
+        x = torch.addmm(conv2.bias.repeat(4), x.view(-1, c1), w2)
+        x = act2(x.view(batch, height * width * 16, c2))
         logits = x @ hyper_in.transpose(1, 2)  # (B, H*W*[a,b]*[c,d], M)
         logits = logits.view(batch, height, width, 2, 2, 2, 2, masks)
         # output row = 4h + 2a + c, column = 4w + 2b + d

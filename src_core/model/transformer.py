@@ -42,12 +42,66 @@ class Attention(nn.Module):
         return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # Between a few prompt tokens and thousands of image tokens, the per-head
+        # projection of the image side can be folded into the few tokens' side: the
+        # same arithmetic with (heads * few) instead of internal_dim columns on the
+        # image side, about 2x fewer operations for a typical click.
+        few = self.num_heads * min(q.shape[1], k.shape[1])
+        if few < self.internal_dim and k.shape[1] != q.shape[1]:
+            if k.shape[1] < q.shape[1]:
+                return self._many_queries_few_keys(q, k, v)
+            return self._few_queries_many_keys(q, k, v)
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))
+
+    def _head_weights(self, linear: nn.Linear) -> Tensor:
+        """(heads, head_dim, embedding_dim) view of a projection's weight."""
+        return linear.weight.view(self.num_heads, -1, self.embedding_dim)
+
+    def _many_queries_few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Image tokens attending to prompt tokens, without projecting the image tokens."""
+        batch, n_q, _ = q.shape
+        heads, n_k = self.num_heads, k.shape[1]
+        head_dim = self.internal_dim // heads
+        keys = self._split_heads(self.k_proj(k))  # (B, h, n_k, d)
+        values = self._split_heads(self.v_proj(v))
+        # logits[b, h, j, i] = (q_i Wq_h^T + bq_h) . keys[b, h, j] / sqrt(d), laid out with
+        # the image tokens last so that softmax over the few keys runs on long rows
+        fold = torch.einsum("hde,bhjd->bhje", self._head_weights(self.q_proj), keys)
+        offset = torch.einsum("hd,bhjd->bhj", self.q_proj.bias.view(heads, head_dim), keys)
+        logits = torch.baddbmm(
+            offset.reshape(batch, heads * n_k, 1), fold.reshape(batch, heads * n_k, -1), q.transpose(1, 2)
+        )
+        probs = torch.softmax(logits.view(batch, heads, n_k, n_q) * head_dim**-0.5, dim=2)
+        # out = sum_h probs_h @ (values_h @ Wo_h^T) + bo
+        w_out = self.out_proj.weight.view(self.embedding_dim, heads, head_dim)
+        value_out = torch.einsum("bhjd,ehd->bhje", values, w_out).reshape(batch, heads * n_k, -1)
+        return torch.baddbmm(
+            self.out_proj.bias.expand(batch, 1, -1),
+            probs.view(batch, heads * n_k, n_q).transpose(1, 2),
+            value_out,
+        )
+
+    def _few_queries_many_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Prompt tokens attending to image tokens, without projecting the image tokens."""
+        batch, n_q, _ = q.shape
+        heads = self.num_heads
+        head_dim = self.internal_dim // heads
+        queries = self._split_heads(self.q_proj(q))  # (B, h, n_q, d)
+        # logits_h = queries_h (Wk_h X^T + bk_h): the bias term is the same for every
+        # key of a query, and softmax ignores it.
+        fold = torch.einsum("bhid,hde->bhie", queries, self._head_weights(self.k_proj))
+        logits = torch.bmm(fold.reshape(batch, heads * n_q, -1), k.transpose(1, 2))
+        probs = torch.softmax(logits * head_dim**-0.5, dim=-1)
+        # probs_h @ (X Wv_h^T + bv_h) = (probs_h @ X) Wv_h^T + bv_h, rows of probs sum to 1
+        mixed = torch.bmm(probs, v).view(batch, heads, n_q, -1)
+        out = torch.einsum("bhie,hde->bihd", mixed, self._head_weights(self.v_proj))
+        out = out + self.v_proj.bias.view(heads, head_dim)
+        return self.out_proj(out.reshape(batch, n_q, self.internal_dim))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -146,8 +200,9 @@ class TwoWayTransformer(nn.Module):
         self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Return updated tokens (B, N, C) and image tokens (B, H*W, C)."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # channels-last and contiguous once, so every later op reads memory in order
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
