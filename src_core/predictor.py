@@ -47,6 +47,7 @@ class SamPredictor:
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self._tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def set_image(
         self,
@@ -191,17 +192,41 @@ class SamPredictor:
         self._require_image("masks can be predicted")
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        decoder = self.model.mask_decoder
+        if mask_input is None:
+            # everything on the image side of the first decoder layer is then the same
+            # for every prompt: computed once per image
+            src, pos, src_with_pos = self._image_tokens()
+            low_res, iou = decoder.predict_masks_from_tokens(
+                src,
+                pos,
+                sparse,
+                tuple(self.features.shape[-2:]),
+                slice(1, None) if multimask_output else slice(0, 1),
+                src_with_pos=src_with_pos,
+            )
+        else:
+            low_res, iou = decoder(
+                image_embeddings=self.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    def _image_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Channels-last embedding + no-mask prompt, positional encoding, and their sum."""
+        if self._tokens is None:
+            encoder = self.model.prompt_encoder
+            src = self.features + encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            src = src.flatten(2).transpose(1, 2).contiguous()
+            pos = encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
+            self._tokens = (src, pos, src + pos)
+        return self._tokens
 
     # -- validation -------------------------------------------------------------------
 

@@ -117,24 +117,47 @@ class MaskDecoder(nn.Module):
         mask_slice: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and IoU predictions of the mask tokens in ``mask_slice`` (all by default)."""
+        if image_embeddings.shape[0] not in (1, sparse_prompt_embeddings.shape[0]):
+            raise ValueError("image_embeddings must have batch 1 or one per prompt")
+        _, _, height, width = image_embeddings.shape
+        src = image_embeddings + dense_prompt_embeddings
+        return self.predict_masks_from_tokens(
+            src.flatten(2).transpose(1, 2).contiguous(),
+            image_pe.flatten(2).transpose(1, 2).contiguous(),
+            sparse_prompt_embeddings,
+            (height, width),
+            mask_slice,
+        )
+
+    def predict_masks_from_tokens(
+        self,
+        src_tokens: torch.Tensor,
+        pos_tokens: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        grid: tuple[int, int],
+        mask_slice: slice = slice(None),
+        src_with_pos: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` on channels-last tokens.
+
+        ``src_tokens`` is the image embedding plus the dense prompt, (1 or B, H*W, C);
+        ``pos_tokens`` the positional encoding (1, H*W, C); ``src_with_pos`` their sum,
+        if already known (a predictor caches all three for prompts without a mask).
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1
         )
-        if image_embeddings.shape[0] != batch:
-            image_embeddings = image_embeddings.expand(batch, -1, -1, -1)
-        src = image_embeddings + dense_prompt_embeddings
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        _, _, height, width = src.shape
-
-        hs, image_tokens = self.transformer(src, pos_src, tokens)
+        hs, image_tokens = self.transformer.forward_tokens(
+            src_tokens, pos_tokens, tokens, keys_with_pe=src_with_pos
+        )
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, mask_slice]
         token_ids = range(self.num_mask_tokens)[mask_slice]
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in token_ids], dim=1
         )
-        return self._upscale_and_project(image_tokens, hyper_in, height, width), iou_pred
+        return self._upscale_and_project(image_tokens, hyper_in, *grid), iou_pred
 
     def _upscale_and_project(
         self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int

@@ -15,6 +15,11 @@ from .common import MLPBlock
 class Attention(nn.Module):
     """Multi-head attention whose projections may be narrower than the embedding.
 
+    Between a few prompt tokens and thousands of image tokens, the per-head projection
+    of the image side is folded into the few tokens' side: the same arithmetic with
+    (heads x few) instead of ``internal_dim`` columns on the image side, about 2x fewer
+    operations for a typical click.
+
     Parameters
     ----------
     embedding_dim : int
@@ -37,20 +42,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Attention output, plus ``residual`` when given (fused where that saves a pass)."""
+        few = self.num_heads * min(q.shape[1], k.shape[1])
+        if few < self.internal_dim and k.shape[1] != q.shape[1]:
+            if k.shape[1] < q.shape[1]:
+                return self._many_queries_few_keys(q, k, v, residual)
+            out = self._few_queries_many_keys(q, k, v)
+        else:
+            out = self._standard(q, k, v)
+        return out if residual is None else residual + out
+
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, tokens, channels = x.shape
         return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        # Between a few prompt tokens and thousands of image tokens, the per-head
-        # projection of the image side can be folded into the few tokens' side: the
-        # same arithmetic with (heads * few) instead of internal_dim columns on the
-        # image side, about 2x fewer operations for a typical click.
-        few = self.num_heads * min(q.shape[1], k.shape[1])
-        if few < self.internal_dim and k.shape[1] != q.shape[1]:
-            if k.shape[1] < q.shape[1]:
-                return self._many_queries_few_keys(q, k, v)
-            return self._few_queries_many_keys(q, k, v)
+    def _head_weights(self, linear: nn.Linear) -> Tensor:
+        """(heads, head_dim, embedding_dim) view of a projection's weight."""
+        return linear.weight.view(self.num_heads, -1, self.embedding_dim)
+
+    def _standard(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
@@ -58,47 +69,53 @@ class Attention(nn.Module):
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.internal_dim))
 
-    def _head_weights(self, linear: nn.Linear) -> Tensor:
-        """(heads, head_dim, embedding_dim) view of a projection's weight."""
-        return linear.weight.view(self.num_heads, -1, self.embedding_dim)
-
-    def _many_queries_few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _many_queries_few_keys(
+        self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None
+    ) -> Tensor:
         """Image tokens attending to prompt tokens, without projecting the image tokens."""
-        batch, n_q, _ = q.shape
-        heads, n_k = self.num_heads, k.shape[1]
+        batch = max(q.shape[0], k.shape[0])
+        n_q, n_k = q.shape[1], k.shape[1]
+        heads = self.num_heads
         head_dim = self.internal_dim // heads
         keys = self._split_heads(self.k_proj(k))  # (B, h, n_k, d)
         values = self._split_heads(self.v_proj(v))
         # logits[b, h, j, i] = (q_i Wq_h^T + bq_h) . keys[b, h, j] / sqrt(d), laid out with
         # the image tokens last so that softmax over the few keys runs on long rows
-        fold = torch.einsum("hde,bhjd->bhje", self._head_weights(self.q_proj), keys)
-        offset = torch.einsum("hd,bhjd->bhj", self.q_proj.bias.view(heads, head_dim), keys)
+        scale = head_dim**-0.5
+        fold = torch.einsum("hde,bhjd->bhje", self._head_weights(self.q_proj), keys) * scale
+        offset = torch.einsum("hd,bhjd->bhj", self.q_proj.bias.view(heads, head_dim), keys) * scale
         logits = torch.baddbmm(
-            offset.reshape(batch, heads * n_k, 1), fold.reshape(batch, heads * n_k, -1), q.transpose(1, 2)
+            offset.reshape(batch, heads * n_k, 1),
+            fold.reshape(batch, heads * n_k, -1),
+            q.expand(batch, -1, -1).transpose(1, 2),
         )
-        probs = torch.softmax(logits.view(batch, heads, n_k, n_q) * head_dim**-0.5, dim=2)
-        # out = sum_h probs_h @ (values_h @ Wo_h^T) + bo
+        probs = torch.softmax(logits.view(batch, heads, n_k, n_q), dim=2)
+        # out = sum_h probs_h @ (values_h @ Wo_h^T) + bo; each head's probabilities sum
+        # to one, so bo / heads on every row of the folded values adds bo exactly once
         w_out = self.out_proj.weight.view(self.embedding_dim, heads, head_dim)
-        value_out = torch.einsum("bhjd,ehd->bhje", values, w_out).reshape(batch, heads * n_k, -1)
+        value_out = torch.einsum("bhjd,ehd->bhje", values, w_out) + self.out_proj.bias / heads
+        base = residual if residual is not None else q.new_zeros(())
         return torch.baddbmm(
-            self.out_proj.bias.expand(batch, 1, -1),
+            base.expand(batch, n_q, self.embedding_dim),
             probs.view(batch, heads * n_k, n_q).transpose(1, 2),
-            value_out,
+            value_out.reshape(batch, heads * n_k, -1),
         )
 
     def _few_queries_many_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Prompt tokens attending to image tokens, without projecting the image tokens."""
-        batch, n_q, _ = q.shape
+        batch = max(q.shape[0], k.shape[0])
+        n_q = q.shape[1]
         heads = self.num_heads
         head_dim = self.internal_dim // heads
         queries = self._split_heads(self.q_proj(q))  # (B, h, n_q, d)
         # logits_h = queries_h (Wk_h X^T + bk_h): the bias term is the same for every
         # key of a query, and softmax ignores it.
         fold = torch.einsum("bhid,hde->bhie", queries, self._head_weights(self.k_proj))
-        logits = torch.bmm(fold.reshape(batch, heads * n_q, -1), k.transpose(1, 2))
-        probs = torch.softmax(logits * head_dim**-0.5, dim=-1)
+        fold = fold * head_dim**-0.5
+        keys_t = k.expand(batch, -1, -1).transpose(1, 2)
+        probs = torch.softmax(torch.bmm(fold.reshape(batch, heads * n_q, -1), keys_t), dim=-1)
         # probs_h @ (X Wv_h^T + bv_h) = (probs_h @ X) Wv_h^T + bv_h, rows of probs sum to 1
-        mixed = torch.bmm(probs, v).view(batch, heads, n_q, -1)
+        mixed = torch.bmm(probs, v.expand(batch, -1, -1)).view(batch, heads, n_q, -1)
         out = torch.einsum("bhie,hde->bihd", mixed, self._head_weights(self.v_proj))
         out = out + self.v_proj.bias.view(heads, head_dim)
         return self.out_proj(out.reshape(batch, n_q, self.internal_dim))
@@ -132,22 +149,33 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        keys_with_pe: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """One block; ``keys_with_pe`` (= keys + key_pe) may be passed in if already known."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
+            queries = self.self_attn(q=q, k=q, v=queries, residual=queries)
         queries = self.norm1(queries)
 
-        keys_with_pe = keys + key_pe
+        if keys_with_pe is None:
+            keys_with_pe = keys + key_pe
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=keys_with_pe, v=keys))
+        queries = self.norm2(
+            self.cross_attn_token_to_image(q=q, k=keys_with_pe, v=keys, residual=queries)
+        )
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=keys_with_pe, k=q, v=queries))
+        keys = self.norm4(
+            self.cross_attn_image_to_token(q=keys_with_pe, k=q, v=queries, residual=keys)
+        )
         return queries, keys
 
 
@@ -199,13 +227,37 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Return updated tokens (B, N, C) and image tokens (B, H*W, C)."""
-        # channels-last and contiguous once, so every later op reads memory in order
+        """Return updated tokens (B, N, C) and image tokens (B, H*W, C).
+
+        ``image_embedding`` and ``image_pe`` are (B, C, H, W) (or batch 1, shared).
+        """
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        return self.forward_tokens(keys, key_pe, point_embedding)
+
+    def forward_tokens(
+        self,
+        keys: Tensor,
+        key_pe: Tensor,
+        point_embedding: Tensor,
+        keys_with_pe: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The transformer on channels-last image tokens (B or 1, H*W, C).
+
+        ``keys_with_pe`` (keys + key_pe) can be given when it is already known, e.g.
+        cached for an image whose prompts carry no mask.
+        """
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
+            queries, keys = layer(
+                queries=queries,
+                keys=keys,
+                query_pe=point_embedding,
+                key_pe=key_pe,
+                keys_with_pe=keys_with_pe,
+            )
+            keys_with_pe = None  # the keys changed
         q = queries + point_embedding
-        queries = queries + self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys)
-        return self.norm_final_attn(queries), keys
+        queries = self.final_attn_token_to_image(q=q, k=keys + key_pe, v=keys, residual=queries)
+        batch = max(queries.shape[0], keys.shape[0])
+        return self.norm_final_attn(queries), keys.expand(batch, -1, -1)
