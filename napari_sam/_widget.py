@@ -1,0 +1,399 @@
+"""The "Segment Anything" dock widget: point and box prompts, live preview, commit.
+
+Thin by design: layers -> :class:`~src_core.prompts.Prompt` (``_layers``), the engine
+(:class:`~src_core.interactive.ObjectSegmenter`) in napari thread workers, results ->
+layers. One job (model load, embedding, or decode) runs at a time; a prompt edit that
+arrives meanwhile is remembered and decoded next with the newest prompts, so edits
+never queue up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from src_core.interactive import ObjectSegmenter
+
+from . import _layers as L
+
+KEYS = (
+    ("click", "add an object point (Points layer in add mode)"),
+    ("Shift+click", "add a background point"),
+    ("N", "toggle new points between object and background"),
+    ("M", "show the next of the three candidate masks"),
+    ("C", "commit the object to 'SAM labels' with a new id"),
+    ("Q", "discard the current object's prompts"),
+    ("Ctrl+Z", "undo a commit (with 'SAM labels' selected)"),
+)
+# planes above this many pixels are refused rather than risking running out of memory
+MAX_PIXELS = 100_000_000
+
+
+def _load_model(model_type: str, device: str, dtype: str):
+    from src_core import SamPredictor, build_sam
+
+    return SamPredictor(build_sam(model_type, device=device, dtype=dtype))
+
+
+class SegmentAnythingWidget(QWidget):
+    """Dock widget driving SAM on the selected image layer."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.predictor = None
+        self.segmenter: ObjectSegmenter | None = None
+        self.layers: dict = {}
+        self._embedded: tuple | None = None  # (layer id, plane, normalization) of the embedding
+        self._worker = None
+        self._decode_pending = False
+        self._preview_plane: tuple | None = None
+        self._negative_once = False
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.dims.events.current_step.connect(self._on_plane_changed)
+        self._refresh_images()
+
+    # -- UI -----------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.model_box = QComboBox()
+        self.model_box.addItems(["vit_b", "vit_l", "vit_h"])
+        self.device_box = QComboBox()
+        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.dtype_box = QComboBox()
+        self.dtype_box.addItems(["auto", "float32", "bfloat16"])
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self.load_model)
+        form.addRow("model", self.model_box)
+        form.addRow("device", self.device_box)
+        form.addRow("precision", self.dtype_box)
+        form.addRow(self.load_button)
+        self.image_box = QComboBox()
+        self.image_box.currentIndexChanged.connect(self._on_image_changed)
+        self.norm_box = QComboBox()
+        self.norm_box.addItems(["contrast limits", "percentiles"])
+        self.norm_box.setToolTip(
+            "How 16-bit and float images become 0-255 for SAM: the layer's contrast limits "
+            "(what you see is what SAM sees) or the 0.5-99.5 percentiles of the slice."
+        )
+        self.norm_box.currentIndexChanged.connect(self._on_image_changed)
+        form.addRow("image", self.image_box)
+        form.addRow("normalize by", self.norm_box)
+        layout.addLayout(form)
+        self.paint_over = QCheckBox("commit paints over existing labels")
+        layout.addWidget(self.paint_over)
+        buttons = QHBoxLayout()
+        for text, slot in (
+            ("Commit (C)", self.commit),
+            ("Clear (Q)", self.clear),
+            ("Next mask (M)", self.next_candidate),
+        ):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.status = QLabel("Load a model to start.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        help_text = "<br>".join(f"<b>{k}</b>: {v}" for k, v in KEYS)
+        keys = QLabel(help_text)
+        keys.setWordWrap(True)
+        layout.addWidget(keys)
+        layout.addStretch()
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # -- image and layers ---------------------------------------------------------------
+
+    def _images(self) -> list:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, event=None) -> None:
+        current = self.image_box.currentText()
+        names = [layer.name for layer in self._images()]
+        self.image_box.blockSignals(True)
+        self.image_box.clear()
+        self.image_box.addItems(names)
+        if current in names:
+            self.image_box.setCurrentText(current)
+        self.image_box.blockSignals(False)
+        if self.image_layer is not None and not self.layers:
+            self._on_image_changed()
+
+    @property
+    def image_layer(self):
+        name = self.image_box.currentText()
+        for layer in self._images():
+            if layer.name == name:
+                return layer
+        return None
+
+    def _on_layer_removed(self, event) -> None:
+        removed = event.value
+        if any(removed is layer for layer in self.layers.values()):
+            self.layers = {}
+        if isinstance(removed, Image) and self._embedded and self._embedded[0] == id(removed):
+            self._embedded = None
+            if self.segmenter is not None:
+                self.segmenter.reset()
+        self._refresh_images()
+
+    def _on_image_changed(self, *args) -> None:
+        image = self.image_layer
+        if image is None:
+            return
+        if len(L.spatial_shape(image)) < 2:
+            show_error(f"'{image.name}' is not an image with at least 2 dimensions.")
+            return
+        self.layers = L.ensure_layers(self.viewer, image)
+        self._connect_prompt_layers()
+        self.viewer.layers.selection.active = self.layers[L.POINTS]
+        self.layers[L.POINTS].mode = "add"
+        self._ensure_embedding()
+
+    def _connect_prompt_layers(self) -> None:
+        points, boxes = self.layers[L.POINTS], self.layers[L.BOXES]
+        if getattr(points, "_sam_connected", False):
+            return
+        points.events.data.connect(self._on_points_changed)
+        boxes.events.data.connect(self._on_prompts_changed)
+        points.mouse_drag_callbacks.insert(0, self._on_points_press)
+        for layer in (points, boxes):
+            layer.bind_key("c", lambda _: self.commit(), overwrite=True)
+            layer.bind_key("q", lambda _: self.clear(), overwrite=True)
+            layer.bind_key("m", lambda _: self.next_candidate(), overwrite=True)
+        points.bind_key("n", lambda _: self.toggle_negative(), overwrite=True)
+        points._sam_connected = True
+
+    def _on_points_press(self, layer, event):
+        # Shift+click adds one background point: napari's add mode adds the point on
+        # release with the feature defaults, so set them now and restore after the add
+        if layer.mode == "add" and "Shift" in event.modifiers:
+            self._negative_once = True
+            layer.feature_defaults["label"] = 0
+            layer.current_face_color = L.NEGATIVE_COLOR
+        yield
+
+    def toggle_negative(self) -> None:
+        """Switch the label of new points between object (1) and background (0)."""
+        points = self.layers.get(L.POINTS)
+        if points is None:
+            return
+        new = 0 if int(points.feature_defaults["label"][0]) == 1 else 1
+        points.feature_defaults["label"] = new
+        points.current_face_color = L.POSITIVE_COLOR if new else L.NEGATIVE_COLOR
+        self._set_status(f"new points: {'object' if new else 'background'}")
+
+    def _on_points_changed(self, event=None) -> None:
+        points = self.layers.get(L.POINTS)
+        if points is None:
+            return
+        if self._negative_once and getattr(event, "action", None) in ("added", None):
+            self._negative_once = False
+            points.feature_defaults["label"] = 1
+            points.current_face_color = L.POSITIVE_COLOR
+        labels = np.asarray(points.features["label"]) if len(points.data) else np.zeros(0)
+        colors = L.point_colors(labels)
+        if colors:
+            points.face_color = colors
+        self._on_prompts_changed()
+
+    def _on_plane_changed(self, event=None) -> None:
+        if self.image_layer is None or not self.layers or self.predictor is None:
+            return
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self._ensure_embedding()
+
+    # -- model --------------------------------------------------------------------------
+
+    def load_model(self) -> None:
+        """Load the chosen model in a worker (downloads official weights if needed)."""
+        if self._worker is not None:
+            show_info("Busy: wait for the current job to finish.")
+            return
+        model_type = self.model_box.currentText()
+        device, dtype = self.device_box.currentText(), self.dtype_box.currentText()
+        self._set_status(f"Loading {model_type} ...")
+        worker = thread_worker(_load_model, progress={"total": 0, "desc": f"Loading SAM {model_type}"})(
+            model_type, device, dtype
+        )
+        worker.returned.connect(lambda predictor: self.set_predictor(predictor, model_type))
+        self._run(worker)
+
+    def set_predictor(self, predictor, name: str = "model") -> None:
+        """Use ``predictor`` (a SamPredictor or anything with its interface)."""
+        self.predictor = predictor
+        self.segmenter = ObjectSegmenter(predictor)
+        self._embedded = None
+        self._set_status(f"{name} ready.")
+        self._ensure_embedding()
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self._worker is None
+
+    def _run(self, worker) -> None:
+        self._worker = worker
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        worker.start()
+
+    def _on_error(self, exc: Exception) -> None:
+        show_error(f"Segment Anything: {exc}")
+        self._set_status(str(exc))
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self.predictor is None or self.image_layer is None or not self.layers:
+            return
+        if self._embedding_key() != self._embedded:
+            self._ensure_embedding()
+        elif self._decode_pending:
+            self._decode_pending = False
+            self._start_decode()
+
+    def _normalization(self, image) -> dict:
+        if image.rgb and np.asarray(image.data[:1]).dtype == np.uint8:
+            return {}
+        if self.norm_box.currentText() == "contrast limits":
+            return {"contrast_limits": tuple(float(v) for v in image.contrast_limits)}
+        return {"percentiles": (0.5, 99.5)}
+
+    def _embedding_key(self):
+        image = self.image_layer
+        if image is None:
+            return None
+        plane = L.current_plane(image, self.viewer)
+        return (id(image), plane, tuple(sorted(self._normalization(image).items())))
+
+    def _ensure_embedding(self) -> None:
+        if self.predictor is None or self.image_layer is None or not self.layers:
+            return
+        key = self._embedding_key()
+        if key == self._embedded:
+            return
+        if self._worker is not None:
+            return  # _on_finished comes back here
+        image = self.image_layer
+        plane = key[1]
+        data = L.plane_of(image, plane)
+        pixels = data.shape[0] * data.shape[1]
+        if pixels > MAX_PIXELS:
+            show_error(
+                f"'{image.name}' has {pixels / 1e6:.0f} Mpx per plane: too large to embed "
+                "whole until tiling lands. Crop it (e.g. a napari layer of a region) first."
+            )
+            return
+        if max(data.shape[:2]) > 4096:
+            show_warning(
+                f"'{image.name}' is {data.shape[1]}x{data.shape[0]} px: SAM sees it scaled down "
+                "to 1024 px on the long side, so small objects may be missed."
+            )
+        kwargs = self._normalization(image)
+        predictor = self.predictor
+        where = f" (plane {plane})" if plane else ""
+        self._set_status(f"Embedding '{image.name}'{where} ...")
+
+        def embed():
+            predictor.set_image(data, **kwargs)
+            return key
+
+        worker = thread_worker(embed, progress={"total": 0, "desc": f"Embedding{where}"})()
+        worker.returned.connect(self._on_embedded)
+        self._run(worker)
+
+    def _on_embedded(self, key) -> None:
+        self._embedded = key
+        self._set_status("Ready: click on an object.")
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self._decode_pending = True  # prompts may already exist on this plane
+
+    # -- decode -------------------------------------------------------------------------
+
+    def _on_prompts_changed(self, event=None) -> None:
+        if self.predictor is None or not self.layers:
+            return
+        if self._worker is not None or self._embedded != self._embedding_key():
+            self._decode_pending = True
+            if self._worker is None:
+                self._ensure_embedding()
+            return
+        self._start_decode()
+
+    def _start_decode(self) -> None:
+        plane = self._embedded[1]
+        prompt = L.collect_prompt(self.layers[L.POINTS], self.layers[L.BOXES], plane)
+        segmenter = self.segmenter
+        worker = thread_worker(segmenter.decode)(prompt)
+        worker.returned.connect(lambda candidates: self._show(candidates, plane))
+        self._run(worker)
+
+    def _show(self, candidates, plane) -> None:
+        preview = self.layers.get(L.PREVIEW)
+        if preview is None:
+            return
+        mask = None if candidates is None else candidates.mask
+        L.show_preview(preview, mask, plane, self._preview_plane)
+        self._preview_plane = plane
+        if candidates is not None:
+            self._set_status(
+                f"mask {candidates.choice + 1}/{len(candidates.masks)}, predicted IoU "
+                f"{candidates.score:.2f}, {int(mask.sum())} px"
+            )
+
+    # -- actions ------------------------------------------------------------------------
+
+    def next_candidate(self) -> None:
+        if self.segmenter is None or self._worker is not None or self._embedded is None:
+            return
+        candidates = self.segmenter.cycle()
+        if candidates is not None:
+            self._show(candidates, self._embedded[1])
+
+    def commit(self) -> None:
+        """Write the current mask into 'SAM labels' with a new id, then start a new object."""
+        if self.segmenter is None or self.segmenter.candidates is None or self._worker is not None:
+            show_info("Nothing to commit yet.")
+            return
+        plane = self._embedded[1]
+        new_id = L.commit_mask(
+            self.layers[L.LABELS], self.segmenter.candidates.mask, plane, overwrite=self.paint_over.isChecked()
+        )
+        self._set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
+        self.clear()
+
+    def clear(self) -> None:
+        """Discard the current object's prompts, preview and logits."""
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        points, boxes = self.layers.get(L.POINTS), self.layers.get(L.BOXES)
+        if points is not None:
+            with points.events.data.blocker():
+                points.data = np.zeros((0, points.ndim))
+        if boxes is not None and len(boxes.data):
+            with boxes.events.data.blocker():
+                boxes.data = []
+        if self.layers.get(L.PREVIEW) is not None and self._preview_plane is not None:
+            L.show_preview(self.layers[L.PREVIEW], None, self._preview_plane, self._preview_plane)
+        self._decode_pending = False
