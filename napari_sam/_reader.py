@@ -1,0 +1,34 @@
+"""napari reader for video files: a lazy (T, Y, X, 3) image layer.
+
+Frames are decoded on demand by :class:`src_core.video.VideoFrames`, so
+opening a long video is quick and moving the time slider decodes only the
+frames shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[Union[str, list[str]]], list[LayerDataTuple]]
+
+
+def get_reader(path: Union[str, list[str]]) -> Optional[ReaderFunction]:
+    """The video reader for one .mp4/.avi/.mov/.mkv path (any case), else None."""
+    if not isinstance(path, (str, Path)):
+        return None  # napari passes a list for a multi-file open: not ours
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    return read_video
+
+
+def read_video(path: Union[str, list[str]]) -> list[LayerDataTuple]:
+    """Open a video as one lazy RGB image layer; fps and path go in its metadata."""
+    from src_core.video import VideoFrames
+
+    frames = VideoFrames(Path(path))
+    metadata = {"fps": frames.fps, "path": str(frames.path)}
+    return [(frames, {"name": frames.path.stem, "rgb": True, "metadata": metadata}, "image")]

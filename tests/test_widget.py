@@ -1,0 +1,194 @@
+"""The dock widget: layer contract, prompt loop, commit/clear/undo, stacks, scaled layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam import _layers as L
+from src_core.prompts import Prompt, box_from_corners_rc, rc_to_xy
+from standin_predictor import StandInPredictor
+
+pytestmark = pytest.mark.gui
+
+
+def blobs_image(shape=(80, 100)):
+    image = np.zeros(shape, np.uint16)
+    image[10:30, 10:40] = 3000  # object A
+    image[50:70, 60:90] = 2000  # object B
+    image[12:18, 60:66] = 2500  # object C
+    return image
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    from napari_sam._widget import SegmentAnythingWidget
+
+    def make(image=None, **layer_kwargs):
+        viewer = make_napari_viewer()
+        viewer.add_image(blobs_image() if image is None else image, name="img", **layer_kwargs)
+        w = SegmentAnythingWidget(viewer)
+        w.set_predictor(StandInPredictor(), "stand-in")
+        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+        return viewer, w
+
+    return make
+
+
+def wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.idle and not w._decode_pending, timeout=5000)
+
+
+def add_point(w, row, col, label=1, plane=()):
+    points = w.layers[L.POINTS]
+    points.feature_defaults["label"] = label
+    points.add(np.array([*plane, row, col], dtype=float))
+    points.feature_defaults["label"] = 1
+
+
+def test_rc_to_xy_is_the_one_conversion():
+    np.testing.assert_array_equal(rc_to_xy([[5, 7], [1, 2]]), [[7, 5], [2, 1]])
+    np.testing.assert_array_equal(box_from_corners_rc([[10, 20], [30, 5]]), [5, 10, 20, 30])
+
+
+def test_layer_contract(widget):
+    viewer, w = widget()
+    names = [layer.name for layer in viewer.layers]
+    for name in (L.POINTS, L.BOXES, L.PREVIEW, L.LABELS):
+        assert name in names
+    points = w.layers[L.POINTS]
+    assert int(points.feature_defaults["label"][0]) == 1
+    w.toggle_negative()
+    assert int(points.feature_defaults["label"][0]) == 0
+    points.add(np.array([20.0, 20.0]))
+    assert int(points.features["label"].iloc[-1]) == 0
+    np.testing.assert_allclose(points.face_color[-1][:3], [1, 0, 0])  # red for background
+
+
+def test_point_preview_commit_two_objects_and_undo(widget, qtbot):
+    viewer, w = widget()
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    preview = w.layers[L.PREVIEW].data
+    assert preview[20, 20] == 1 and preview[60, 70] == 0
+    assert preview.sum() == 20 * 30
+    w.commit()
+    labels = w.layers[L.LABELS].data
+    assert labels[20, 20] == 1 and (labels == 1).sum() == 600
+    assert len(w.layers[L.POINTS].data) == 0 and w.layers[L.PREVIEW].data.sum() == 0
+    assert w.segmenter.candidates is None  # no logits leak into the next object
+    add_point(w, 60, 70)
+    wait(qtbot, w)
+    w.commit()
+    assert labels[60, 70] == 2 and labels[20, 20] == 1
+    w.layers[L.LABELS].undo()
+    assert w.layers[L.LABELS].data[60, 70] == 0 and w.layers[L.LABELS].data[20, 20] == 1
+
+
+def test_negative_point_shrinks_and_box(widget, qtbot):
+    viewer, w = widget()
+    w.layers[L.BOXES].add_rectangles(np.array([[5, 5], [75, 95]]))
+    wait(qtbot, w)
+    with_box = w.layers[L.PREVIEW].data.sum()
+    assert with_box == 600 + 600 + 36
+    add_point(w, 60, 70, label=0)
+    wait(qtbot, w)
+    assert w.layers[L.PREVIEW].data.sum() == 636
+    assert w.layers[L.PREVIEW].data[60, 70] == 0
+
+
+def test_multimask_cycling(widget, qtbot):
+    viewer, w = widget()
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    first = w.layers[L.PREVIEW].data.sum()
+    w.next_candidate()
+    second = w.layers[L.PREVIEW].data.sum()
+    assert second < first  # the eroded candidate
+    w.next_candidate()
+    w.next_candidate()
+    assert w.layers[L.PREVIEW].data.sum() == first
+
+
+def test_existing_labels_are_not_overwritten(widget, qtbot):
+    viewer, w = widget()
+    w.layers[L.LABELS].data[10:20, 10:40] = 7
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    w.commit()
+    labels = w.layers[L.LABELS].data
+    assert (labels == 7).sum() == 300 and (labels == 8).sum() == 300
+
+
+def test_stack_embeds_only_the_shown_plane(widget, qtbot):
+    stack = np.stack([blobs_image(), np.roll(blobs_image(), 15, axis=1), blobs_image()])
+    viewer, w = widget(stack)
+    calls = w.predictor.set_image_calls
+    assert calls == 1
+    viewer.dims.set_current_step(0, 1)
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[1] == (1,), timeout=5000)
+    assert w.predictor.set_image_calls == 2
+    add_point(w, 20, 30, plane=(1,))
+    add_point(w, 20, 30, plane=(2,))  # on another plane: ignored here
+    wait(qtbot, w)
+    w.commit()
+    labels = w.layers[L.LABELS].data
+    assert labels.shape == stack.shape
+    assert labels[1, 20, 30] == 1 and labels[0].sum() == 0 and labels[2].sum() == 0
+
+
+def test_scaled_and_translated_layer(widget, qtbot):
+    viewer, w = widget(scale=(0.5, 2.0), translate=(10, -20))
+    points = w.layers[L.POINTS]
+    assert tuple(points.scale) == (0.5, 2.0)
+    # a click at the world position of pixel (row 60, col 70)
+    world = np.array([10 + 60 * 0.5, -20 + 70 * 2.0])
+    points.add(points.world_to_data(world))
+    wait(qtbot, w)
+    assert w.layers[L.PREVIEW].data[60, 70] == 1 and w.layers[L.PREVIEW].data[20, 20] == 0
+
+
+def test_sixteen_bit_uses_contrast_limits(widget, qtbot):
+    viewer, w = widget()
+    assert "contrast_limits" in w._normalization(viewer.layers["img"])
+    w.norm_box.setCurrentText("percentiles")
+    assert "percentiles" in w._normalization(viewer.layers["img"])
+
+
+def test_no_image_and_removed_image(make_napari_viewer, qtbot):
+    from napari_sam._widget import SegmentAnythingWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentAnythingWidget(viewer)
+    w.set_predictor(StandInPredictor())
+    w.commit()  # nothing to commit: a notification, no exception
+    assert w.layers == {}
+    viewer.add_image(blobs_image(), name="img")
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    add_point(w, 20, 20)
+    viewer.layers.remove("img")  # closed while work may be running
+    qtbot.waitUntil(lambda: w.idle, timeout=5000)
+    assert w.image_layer is None
+
+
+def test_real_model_end_to_end(widget, qtbot):
+    """Plumbing on the real engine: a tiny random-weights SAM behind the widget."""
+    import torch
+
+    from src_core import SamPredictor
+    from src_core.model.build import SamConfig, build_sam_from_config
+
+    torch.manual_seed(0)
+    viewer, w = widget()
+    w.set_predictor(SamPredictor(build_sam_from_config(SamConfig(64, 2, 2, (1,)))), "tiny")
+    qtbot.waitUntil(lambda: w.idle and isinstance(w.predictor, SamPredictor) and w.predictor.is_image_set, timeout=20000)
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    cands = w.segmenter.candidates
+    assert cands is not None and cands.masks.shape == (3, 80, 100)
+    np.testing.assert_array_equal(w.layers[L.PREVIEW].data == 1, cands.mask)
+    add_point(w, 60, 70, label=0)
+    wait(qtbot, w)
+    assert w.segmenter.candidates.masks.shape == (1, 80, 100)  # refined with the previous logits
+    w.commit()
+    assert w.segmenter.candidates is None
