@@ -134,7 +134,8 @@ class SegmentAnythingWidget(QWidget):
         if current in names:
             self.image_box.setCurrentText(current)
         self.image_box.blockSignals(False)
-        if self.image_layer is not None and not self.layers:
+        # the first image to appear is picked up; later changes are the user's choice
+        if not current and names:
             self._on_image_changed()
 
     @property
@@ -148,7 +149,12 @@ class SegmentAnythingWidget(QWidget):
     def _on_layer_removed(self, event) -> None:
         removed = event.value
         if any(removed is layer for layer in self.layers.values()):
+            # the user (or napari closing) removed one of ours: stop using them; they
+            # come back when an image is chosen again
             self.layers = {}
+            self._preview_plane = None
+            if self.segmenter is not None:
+                self.segmenter.reset()
         if isinstance(removed, Image) and self._embedded and self._embedded[0] == id(removed):
             self._embedded = None
             if self.segmenter is not None:
