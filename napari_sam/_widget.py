@@ -54,6 +54,7 @@ class SegmentAnythingWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.predictor = None
+        self._cache = None
         self.segmenter: ObjectSegmenter | None = None
         self.layers: dict = {}
         self._embedded: tuple | None = None  # (layer id, plane, normalization) of the embedding
@@ -98,6 +99,13 @@ class SegmentAnythingWidget(QWidget):
         layout.addLayout(form)
         self.paint_over = QCheckBox("commit paints over existing labels")
         layout.addWidget(self.paint_over)
+        self.use_cache = QCheckBox("keep embeddings on disk (reopened images load instantly)")
+        self.use_cache.setChecked(True)
+        self.use_cache.setToolTip(
+            "Stored under the napari-sam cache folder (NAPARI_SAM_CACHE overrides it), "
+            "at most 2 GB; the least recently used are removed first."
+        )
+        layout.addWidget(self.use_cache)
         buttons = QHBoxLayout()
         for text, slot in (
             ("Commit (C)", self.commit),
@@ -244,9 +252,14 @@ class SegmentAnythingWidget(QWidget):
         worker.returned.connect(lambda predictor: self.set_predictor(predictor, model_type))
         self._run(worker)
 
-    def set_predictor(self, predictor, name: str = "model") -> None:
-        """Use ``predictor`` (a SamPredictor or anything with its interface)."""
+    def set_predictor(self, predictor, name: str = "model", cache=None) -> None:
+        """Use ``predictor`` (a SamPredictor or anything with its interface).
+
+        ``cache``: an :class:`~src_core.embedding_cache.EmbeddingCache`; by default the
+        per-user one, used when the model's weights have an identity.
+        """
         self.predictor = predictor
+        self._cache = cache
         self.segmenter = ObjectSegmenter(predictor)
         self._embedded = None
         self._set_status(f"{name} ready.")
@@ -319,14 +332,36 @@ class SegmentAnythingWidget(QWidget):
         predictor = self.predictor
         where = f" (plane {plane})" if plane else ""
         self._set_status(f"Embedding '{image.name}'{where} ...")
+        model_id = getattr(getattr(predictor, "model", None), "weights_id", None)
+        cache = self._embedding_cache() if model_id else None
+        failures = []
 
         def embed():
-            predictor.set_image(data, **kwargs)
+            if cache is None:
+                predictor.set_image(data, **kwargs)
+            else:
+                from src_core.embedding_cache import embed_with_cache
+
+                embed_with_cache(
+                    predictor, data, cache, model_id=model_id, on_store_error=failures.append, **kwargs
+                )
             return key
 
         worker = thread_worker(embed, progress={"total": 0, "desc": f"Embedding{where}"})()
         worker.returned.connect(self._on_embedded)
+        worker.finished.connect(
+            lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
+        )
         self._run(worker)
+
+    def _embedding_cache(self):
+        if not self.use_cache.isChecked():
+            return None
+        if self._cache is None:
+            from src_core.embedding_cache import EmbeddingCache
+
+            self._cache = EmbeddingCache()
+        return self._cache
 
     def _on_embedded(self, key) -> None:
         self._embedded = key

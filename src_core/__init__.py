@@ -23,6 +23,10 @@ _EXPORTS = {
     "download_checkpoint": "src_core.checkpoints",
     "load_state_dict": "src_core.checkpoints",
     "resolve_device": "src_core.device",
+    "EmbeddingCache": "src_core.embedding_cache",
+    "VideoFrames": "src_core.video",
+    "Prompt": "src_core.prompts",
+    "ObjectSegmenter": "src_core.interactive",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -195,3 +195,29 @@ def test_real_model_end_to_end(widget, qtbot):
     assert w.segmenter.candidates.masks.shape == (1, 80, 100)  # refined with the previous logits
     w.commit()
     assert w.segmenter.candidates is None
+
+
+def test_embedding_cache_hit_on_reopen(widget, qtbot, tmp_path):
+    """A reopened image loads its embedding from the disk cache instead of recomputing."""
+    import torch
+
+    from src_core import EmbeddingCache, SamPredictor
+    from src_core.model.build import SamConfig, build_sam_from_config
+
+    torch.manual_seed(0)
+    model = build_sam_from_config(SamConfig(64, 2, 2, (1,)))
+    model.weights_id = "tiny-test-weights"
+    cache = EmbeddingCache(tmp_path)
+    viewer, w = widget()
+    predictor = SamPredictor(model)
+    calls = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    w.set_predictor(predictor, "tiny", cache=cache)
+    qtbot.waitUntil(lambda: w.idle and predictor.is_image_set, timeout=20000)
+    assert len(calls) == 1 and len(cache) == 1
+    first = predictor.get_image_embedding().clone()
+    w.set_predictor(predictor, "tiny", cache=cache)  # as if the image were reopened
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    assert len(calls) == 1  # served from the cache
+    assert torch.equal(predictor.get_image_embedding(), first)

@@ -171,16 +171,34 @@ def build_sam(
         )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    weights_id = None
     if isinstance(checkpoint, Mapping):
         state_dict, source = checkpoint, "(state dict)"
     else:
         path = resolve_checkpoint(model_type, checkpoint, download=download, progress=progress)
         state_dict, source = load_state_dict(path), str(path)
+        weights_id = _weights_id(model_type, path, official=checkpoint is None)
     sam = build_sam_from_config(MODEL_CONFIGS[model_type])
     load_weights(sam, state_dict, model_type, source)
+    # names these weights for caches of their outputs (embeddings); None: don't cache
+    sam.weights_id = weights_id
     sam.to(torch_device)
     sam.set_encoder_dtype(torch_dtype)
     return sam.eval()
+
+
+def _weights_id(model_type: str, path: os.PathLike, official: bool) -> str:
+    """A cheap identity of a checkpoint file: the registry hash for official files,
+    else the file's absolute path, size and modification time."""
+    import hashlib
+
+    from ..checkpoints import CHECKPOINTS
+
+    if official:
+        return f"{model_type}-sha256-{CHECKPOINTS[model_type].sha256[:16]}"
+    stat = os.stat(path)
+    token = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{model_type}-file-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
 def _registry_builder(model_type: str) -> Callable[..., Sam]:
