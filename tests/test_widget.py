@@ -221,3 +221,43 @@ def test_embedding_cache_hit_on_reopen(widget, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
     assert len(calls) == 1  # served from the cache
     assert torch.equal(predictor.get_image_embedding(), first)
+
+
+def test_screenshot_of_docked_widget(make_napari_viewer, qtbot, tmp_path):
+    """A real shown window with the dock widget and committed objects.
+
+    Set NAPARI_SAM_SCREENSHOT=path.png to keep the picture (docs/ has one). The masks
+    come from the test stand-in predictor: the picture shows the plugin, not SAM.
+    """
+    import os
+
+    import imageio.v3 as iio
+
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.synthetic import make_nuclei_2d
+
+    viewer = make_napari_viewer(show=True)
+    image, truth = make_nuclei_2d(seed=0)
+    viewer.add_image(image, name="nuclei 2D", colormap="gray")
+    w = SegmentAnythingWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
+    viewer.window._qt_window.resize(1500, 850)
+    w.set_predictor(StandInPredictor(), "stand-in")
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    ids = [i for i in np.unique(truth) if i][5:8]
+    for i in ids:
+        rows, cols = np.nonzero(truth == i)
+        add_point(w, rows[len(rows) // 2], cols[len(cols) // 2])
+        wait(qtbot, w)
+        w.commit()
+    rows, cols = np.nonzero(truth == ids[-1] + 1)
+    add_point(w, rows[len(rows) // 2], cols[len(cols) // 2])
+    wait(qtbot, w)
+    assert w.layers[L.LABELS].data.max() >= 2
+    viewer.layers.selection.active = viewer.layers["nuclei 2D"]
+    viewer.reset_view()
+    qtbot.wait(200)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.ndim == 3 and shot.shape[0] > 200 and shot.std() > 5
+    out = os.environ.get("NAPARI_SAM_SCREENSHOT", str(tmp_path / "widget.png"))
+    iio.imwrite(out, shot)
