@@ -62,6 +62,7 @@ class SegmentAnythingWidget(QWidget):
         self._decode_pending = False
         self._preview_plane: tuple | None = None
         self._negative_once = False
+        self._connected: set[int] = set()  # prompt layers whose events we listen to
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -75,6 +76,9 @@ class SegmentAnythingWidget(QWidget):
         form = QFormLayout()
         self.model_box = QComboBox()
         self.model_box.addItems(["vit_b", "vit_l", "vit_h"])
+        self.model_box.currentIndexChanged.connect(
+            lambda *_: self.predictor is None and self._set_status(self._weights_hint())
+        )
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
         self.dtype_box = QComboBox()
@@ -99,9 +103,10 @@ class SegmentAnythingWidget(QWidget):
         layout.addLayout(form)
         self.paint_over = QCheckBox("commit paints over existing labels")
         layout.addWidget(self.paint_over)
-        self.use_cache = QCheckBox("keep embeddings on disk (reopened images load instantly)")
+        self.use_cache = QCheckBox("keep embeddings on disk")
         self.use_cache.setChecked(True)
         self.use_cache.setToolTip(
+            "Reopened images load their embeddings instead of recomputing them. "
             "Stored under the napari-sam cache folder (NAPARI_SAM_CACHE overrides it), "
             "at most 2 GB; the least recently used are removed first."
         )
@@ -116,7 +121,7 @@ class SegmentAnythingWidget(QWidget):
             button.clicked.connect(slot)
             buttons.addWidget(button)
         layout.addLayout(buttons)
-        self.status = QLabel("Load a model to start.")
+        self.status = QLabel(self._weights_hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         help_text = "<br>".join(f"<b>{k}</b>: {v}" for k, v in KEYS)
@@ -124,6 +129,20 @@ class SegmentAnythingWidget(QWidget):
         keys.setWordWrap(True)
         layout.addWidget(keys)
         layout.addStretch()
+
+    def _weights_hint(self) -> str:
+        from src_core.checkpoints import CHECKPOINTS, cached_checkpoint, checkpoint_path
+
+        name = self.model_box.currentText()
+        if cached_checkpoint(name) is not None:
+            return f"Official {name} weights are cached: press Load model."
+        info = CHECKPOINTS[name]
+        return (
+            f"No official {name} weights cached yet. Load model downloads them "
+            f"({info.size / 1e6:.0f} MB). Offline: put {info.filename} at "
+            f"{checkpoint_path(name)} (or run `napari-sam download {name}` where there is "
+            "network)."
+        )
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -184,7 +203,7 @@ class SegmentAnythingWidget(QWidget):
 
     def _connect_prompt_layers(self) -> None:
         points, boxes = self.layers[L.POINTS], self.layers[L.BOXES]
-        if getattr(points, "_sam_connected", False):
+        if id(points) in self._connected:
             return
         points.events.data.connect(self._on_points_changed)
         boxes.events.data.connect(self._on_prompts_changed)
@@ -194,7 +213,7 @@ class SegmentAnythingWidget(QWidget):
             layer.bind_key("q", lambda _: self.clear(), overwrite=True)
             layer.bind_key("m", lambda _: self.next_candidate(), overwrite=True)
         points.bind_key("n", lambda _: self.toggle_negative(), overwrite=True)
-        points._sam_connected = True
+        self._connected.add(id(points))
 
     def _on_points_press(self, layer, event):
         # Shift+click adds one background point: napari's add mode adds the point on

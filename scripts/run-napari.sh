@@ -54,7 +54,12 @@ viewer = napari.Viewer(title="napari-sam")
 viewer.open_sample("napari-sam", sample)
 widgets = manifest.contributions.widgets or []
 if widgets:
-    viewer.window.add_plugin_dock_widget("napari-sam", widgets[0].display_name)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", widgets[0].display_name)
+    from src_core.checkpoints import cached_checkpoint
+
+    viewer.reset_view()
+    if cached_checkpoint("vit_b") is not None and hasattr(widget, "load_model"):
+        widget.load_model()  # cached official weights: no download, start right away
 else:
     print("napari-sam: this version has no Segment Anything widget yet; "
           "only the sample data is available.")
