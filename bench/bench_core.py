@@ -62,6 +62,24 @@ def main() -> None:
             ("one click predict(), reference", c_ref, 1.0),
             ("one click predict(), ours", c_32, c_ref / c_32),
         ]
+        # the plugin's update after a prompt edit: a second point refining the first
+        # object with its previous logits (ObjectSegmenter, as the widget runs it)
+        from src_core.interactive import ObjectSegmenter
+        from src_core.prompts import Prompt
+
+        segmenter = ObjectSegmenter(ours32)
+        first = Prompt(point["point_coords"], point["point_labels"])
+        second = Prompt(
+            np.vstack([point["point_coords"], [[args.size * 0.6, args.size * 0.5]]]), np.array([1, 0])
+        )
+
+        def update():
+            segmenter.reset()
+            segmenter.decode(first)
+            segmenter.decode(second)
+
+        u_32 = best_time(update, args.clicks, warmup=3) / 2
+        rows.append(("plugin update (per prompt edit), ours", u_32, c_ref / u_32))
         emb_diff = (ref.features - ours32.features).abs().max().item()
         ref_masks = ref.predict(**point)[0]
         iou32 = min(mask_iou(a, b) for a, b in zip(ref_masks, ours32.predict(**point)[0]))
