@@ -121,6 +121,12 @@ class SegmentAnythingWidget(QWidget):
             button.clicked.connect(slot)
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        stack_buttons = QHBoxLayout()
+        for text, slot in (("Embed all slices", self.embed_all_slices), ("Cancel", self.cancel)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            stack_buttons.addWidget(button)
+        layout.addLayout(stack_buttons)
         self.status = QLabel(self._weights_hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -334,17 +340,17 @@ class SegmentAnythingWidget(QWidget):
             return  # _on_finished comes back here
         image = self.image_layer
         plane = key[1]
-        data = L.plane_of(image, plane)
-        pixels = data.shape[0] * data.shape[1]
+        height, width = L.spatial_shape(image)[-2:]
+        pixels = height * width
         if pixels > MAX_PIXELS:
             show_error(
                 f"'{image.name}' has {pixels / 1e6:.0f} Mpx per plane: too large to embed "
                 "whole until tiling lands. Crop it (e.g. a napari layer of a region) first."
             )
             return
-        if max(data.shape[:2]) > 4096:
+        if max(height, width) > 4096:
             show_warning(
-                f"'{image.name}' is {data.shape[1]}x{data.shape[0]} px: SAM sees it scaled down "
+                f"'{image.name}' is {width}x{height} px: SAM sees it scaled down "
                 "to 1024 px on the long side, so small objects may be missed."
             )
         kwargs = self._normalization(image)
@@ -356,6 +362,7 @@ class SegmentAnythingWidget(QWidget):
         failures = []
 
         def embed():
+            data = L.plane_of(image, plane)  # lazy data (video, dask) is read here, off the UI thread
             if cache is None:
                 predictor.set_image(data, **kwargs)
             else:
@@ -372,6 +379,62 @@ class SegmentAnythingWidget(QWidget):
             lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
         )
         self._run(worker)
+
+    def embed_all_slices(self) -> None:
+        """Embed every plane of a stack into the disk cache, with progress; Cancel stops it."""
+        image = self.image_layer
+        if self.predictor is None or image is None:
+            show_info("Load a model and choose an image first.")
+            return
+        if self._worker is not None:
+            show_info("Busy: wait for the current job to finish.")
+            return
+        lead = L.spatial_shape(image)[:-2]
+        model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
+        cache = self._embedding_cache() if model_id else None
+        if not lead:
+            show_info(f"'{image.name}' has a single plane: nothing more to embed.")
+            return
+        if cache is None:
+            show_info(
+                "Embedding all slices stores them on disk: tick 'keep embeddings on disk' "
+                "(and use official or file weights)."
+            )
+            return
+        from src_core.embedding_cache import embed_with_cache
+
+        planes = list(np.ndindex(*lead))
+        predictor, kwargs = self.predictor, self._normalization(image)
+        failures = []
+
+        def run():
+            for done, plane in enumerate(planes, start=1):
+                embed_with_cache(
+                    predictor,
+                    L.plane_of(image, plane),
+                    cache,
+                    model_id=model_id,
+                    on_store_error=failures.append,
+                    **kwargs,
+                )
+                if failures:
+                    raise RuntimeError(f"could not store embeddings: {failures[0]}")
+                yield done
+
+        worker = thread_worker(
+            run, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
+        )()
+        worker.yielded.connect(lambda done: self._set_status(f"embedded {done}/{len(planes)} slices"))
+        self._embedded = None  # the predictor now holds other planes; the shown one comes back
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self._run(worker)
+
+    def cancel(self) -> None:
+        """Stop a running 'embed all slices' after the slice in progress."""
+        if self._worker is not None and hasattr(self._worker, "quit"):
+            self._worker.quit()
+            self._set_status("cancelled")
 
     def _embedding_cache(self):
         if not self.use_cache.isChecked():

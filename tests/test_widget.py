@@ -35,6 +35,18 @@ def widget(make_napari_viewer, qtbot):
     return make
 
 
+def tiny_model_with_weights_id():
+    """A tiny random-weights SAM whose weights have an identity, so embeddings get cached."""
+    import torch
+
+    from src_core.model.build import SamConfig, build_sam_from_config
+
+    torch.manual_seed(0)
+    model = build_sam_from_config(SamConfig(64, 2, 2, (1,)))
+    model.weights_id = "tiny-test-weights"
+    return model
+
+
 def wait(qtbot, w):
     qtbot.waitUntil(lambda: w.idle and not w._decode_pending, timeout=5000)
 
@@ -199,14 +211,9 @@ def test_real_model_end_to_end(widget, qtbot):
 
 def test_embedding_cache_hit_on_reopen(widget, qtbot, tmp_path):
     """A reopened image loads its embedding from the disk cache instead of recomputing."""
-    import torch
-
     from src_core import EmbeddingCache, SamPredictor
-    from src_core.model.build import SamConfig, build_sam_from_config
 
-    torch.manual_seed(0)
-    model = build_sam_from_config(SamConfig(64, 2, 2, (1,)))
-    model.weights_id = "tiny-test-weights"
+    model = tiny_model_with_weights_id()
     cache = EmbeddingCache(tmp_path)
     viewer, w = widget()
     predictor = SamPredictor(model)
@@ -220,7 +227,7 @@ def test_embedding_cache_hit_on_reopen(widget, qtbot, tmp_path):
     w.set_predictor(predictor, "tiny", cache=cache)  # as if the image were reopened
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
     assert len(calls) == 1  # served from the cache
-    assert torch.equal(predictor.get_image_embedding(), first)
+    assert predictor.get_image_embedding().equal(first)
 
 
 def test_screenshot_of_docked_widget(make_napari_viewer, qtbot, tmp_path):
@@ -261,3 +268,41 @@ def test_screenshot_of_docked_widget(make_napari_viewer, qtbot, tmp_path):
     assert shot.ndim == 3 and shot.shape[0] > 200 and shot.std() > 5
     out = os.environ.get("NAPARI_SAM_SCREENSHOT", str(tmp_path / "widget.png"))
     iio.imwrite(out, shot)
+
+
+def test_embed_all_slices_then_browse_without_recomputing(widget, qtbot, tmp_path):
+    from src_core import EmbeddingCache, SamPredictor
+
+    model = tiny_model_with_weights_id()
+    stack = np.stack([np.roll(blobs_image(), 7 * i, axis=1) for i in range(4)])
+    viewer, w = widget(stack)
+    predictor = SamPredictor(model)
+    calls = []
+    original = predictor.set_image
+    predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    cache = EmbeddingCache(tmp_path)
+    w.set_predictor(predictor, "tiny", cache=cache)
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    w.embed_all_slices()
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=60000)
+    assert len(cache) == 4 and len(calls) == 4  # the shown plane was cached already
+    for plane in range(4):
+        viewer.dims.set_current_step(0, plane)
+        qtbot.waitUntil(lambda: w.idle and w._embedded[1] == (plane,), timeout=20000)
+    assert len(calls) == 4  # browsing the stack loads every plane from the cache
+
+
+def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
+    from src_core import EmbeddingCache, SamPredictor
+
+    model = tiny_model_with_weights_id()
+    stack = np.stack([np.roll(blobs_image(), 3 * i, axis=1) for i in range(30)])
+    viewer, w = widget(stack)
+    cache = EmbeddingCache(tmp_path)
+    w.set_predictor(SamPredictor(model), "tiny", cache=cache)
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    w.embed_all_slices()
+    qtbot.waitUntil(lambda: len(cache) >= 3, timeout=30000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.idle, timeout=30000)
+    assert len(cache) < 30
