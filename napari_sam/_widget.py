@@ -271,7 +271,7 @@ class SegmentAnythingWidget(QWidget):
         model_type = self.model_box.currentText()
         device, dtype = self.device_box.currentText(), self.dtype_box.currentText()
         self._set_status(f"Loading {model_type} ...")
-        worker = thread_worker(_load_model, progress={"total": 0, "desc": f"Loading SAM {model_type}"})(
+        worker = thread_worker(_load_model, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {model_type}"})(
             model_type, device, dtype
         )
         worker.returned.connect(lambda predictor: self.set_predictor(predictor, model_type))
@@ -297,6 +297,8 @@ class SegmentAnythingWidget(QWidget):
         return self._worker is None
 
     def _run(self, worker) -> None:
+        # every worker is made with ignore_errors=True: its errors arrive here and
+        # become notifications instead of being raised in the event loop
         self._worker = worker
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -373,7 +375,7 @@ class SegmentAnythingWidget(QWidget):
                 )
             return key
 
-        worker = thread_worker(embed, progress={"total": 0, "desc": f"Embedding{where}"})()
+        worker = thread_worker(embed, ignore_errors=True, progress={"total": 0, "desc": f"Embedding{where}"})()
         worker.returned.connect(self._on_embedded)
         worker.finished.connect(
             lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
@@ -422,7 +424,7 @@ class SegmentAnythingWidget(QWidget):
                 yield done
 
         worker = thread_worker(
-            run, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
+            run, ignore_errors=True, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
         )()
         worker.yielded.connect(lambda done: self._set_status(f"embedded {done}/{len(planes)} slices"))
         self._embedded = None  # the predictor now holds other planes; the shown one comes back
@@ -468,7 +470,7 @@ class SegmentAnythingWidget(QWidget):
         plane = self._embedded[1]
         prompt = L.collect_prompt(self.layers[L.POINTS], self.layers[L.BOXES], plane)
         segmenter = self.segmenter
-        worker = thread_worker(segmenter.decode)(prompt)
+        worker = thread_worker(segmenter.decode, ignore_errors=True)(prompt)
         worker.returned.connect(lambda candidates: self._show(candidates, plane))
         self._run(worker)
 

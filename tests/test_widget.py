@@ -306,3 +306,52 @@ def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
     w.cancel()
     qtbot.waitUntil(lambda: w.idle, timeout=30000)
     assert len(cache) < 30
+
+
+def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
+    import napari_sam._widget as widget_module
+    from napari_sam._widget import SegmentAnythingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_image(), name="img")
+    w = SegmentAnythingWidget(viewer)
+    assert w.predictor is None  # nothing loads in the constructor
+    shown = []
+    monkeypatch.setattr(widget_module, "show_error", shown.append)
+
+    def offline(model_type, device, dtype):
+        raise RuntimeError(f"could not download {model_type}: put the file at /some/where")
+
+    monkeypatch.setattr(widget_module, "_load_model", offline)
+    w.load_model()
+    qtbot.waitUntil(lambda: w.idle, timeout=5000)
+    assert w.predictor is None and shown and "/some/where" in shown[0]
+    assert "/some/where" in w.status.text()
+    monkeypatch.setattr(widget_module, "_load_model", lambda *a: StandInPredictor())
+    w.load_model()
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    assert isinstance(w.predictor, StandInPredictor)
+
+
+def test_status_tells_where_official_weights_go(make_napari_viewer, monkeypatch, tmp_path):
+    from napari_sam._widget import SegmentAnythingWidget
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))
+    w = SegmentAnythingWidget(make_napari_viewer())
+    assert "sam_vit_b_01ec64.pth" in w.status.text() and str(tmp_path) in w.status.text()
+
+
+def test_rgba_time_series(widget, qtbot):
+    movie = np.zeros((3, 40, 50, 4), np.uint8)
+    movie[..., 3] = 255
+    for t in range(3):
+        movie[t, 10:20, 10 + 5 * t : 25 + 5 * t, :3] = 220
+    viewer, w = widget(movie)
+    assert viewer.layers["img"].rgb
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: w.idle and w._embedded[1] == (2,), timeout=5000)
+    add_point(w, 15, 30, plane=(2,))
+    wait(qtbot, w)
+    w.commit()
+    labels = w.layers[L.LABELS].data
+    assert labels.shape == (3, 40, 50) and labels[2, 15, 30] == 1 and labels[2, 15, 12] == 0
