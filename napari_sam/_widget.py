@@ -13,12 +13,15 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -98,7 +101,15 @@ class SegmentAnythingWidget(QWidget):
             "(what you see is what SAM sees) or the 0.5-99.5 percentiles of the slice."
         )
         self.norm_box.currentIndexChanged.connect(self._on_image_changed)
+        self.channel_list = QListWidget()
+        self.channel_list.setMaximumHeight(70)
+        self.channel_list.setToolTip(
+            "Tick up to two more image layers of the same size (e.g. the other channels of "
+            "a multichannel image): SAM then sees the image as red, these as green and blue."
+        )
+        self.channel_list.itemChanged.connect(self._on_channels_changed)
         form.addRow("image", self.image_box)
+        form.addRow("+ channels", self.channel_list)
         form.addRow("normalize by", self.norm_box)
         layout.addLayout(form)
         self.paint_over = QCheckBox("commit paints over existing labels")
@@ -167,9 +178,46 @@ class SegmentAnythingWidget(QWidget):
         if current in names:
             self.image_box.setCurrentText(current)
         self.image_box.blockSignals(False)
+        self._refresh_channels()
         # the first image to appear is picked up; later changes are the user's choice
         if not current and names:
             self._on_image_changed()
+
+    def _refresh_channels(self) -> None:
+        image = self.image_layer
+        ticked = {layer.name for layer in self.channel_layers()}
+        self.channel_list.blockSignals(True)
+        self.channel_list.clear()
+        if image is not None and not image.rgb:
+            shape = L.spatial_shape(image)
+            for layer in self._images():
+                if layer is image or layer.rgb or L.spatial_shape(layer) != shape:
+                    continue
+                item = QListWidgetItem(layer.name)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if layer.name in ticked else Qt.CheckState.Unchecked)
+                self.channel_list.addItem(item)
+        self.channel_list.blockSignals(False)
+
+    def channel_layers(self) -> list:
+        """The extra channel layers ticked by the user (at most two are used)."""
+        names = {
+            self.channel_list.item(i).text()
+            for i in range(self.channel_list.count())
+            if self.channel_list.item(i).checkState() == Qt.CheckState.Checked
+        }
+        return [layer for layer in self._images() if layer.name in names][:2]
+
+    def set_channel_layers(self, names) -> None:
+        """Tick the given layer names in the channel list (for scripts and tests)."""
+        for i in range(self.channel_list.count()):
+            item = self.channel_list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+    def _on_channels_changed(self, item=None) -> None:
+        if self.segmenter is not None:
+            self.segmenter.reset()
+        self._ensure_embedding()
 
     @property
     def image_layer(self):
@@ -198,6 +246,7 @@ class SegmentAnythingWidget(QWidget):
         image = self.image_layer
         if image is None:
             return
+        self._refresh_channels()
         if len(L.spatial_shape(image)) < 2:
             show_error(f"'{image.name}' is not an image with at least 2 dimensions.")
             return
@@ -319,18 +368,42 @@ class SegmentAnythingWidget(QWidget):
             self._start_decode()
 
     def _normalization(self, image) -> dict:
-        if image.rgb and np.asarray(image.data[:1]).dtype == np.uint8:
+        extra = self.channel_layers()
+        if extra:
+            layers = [image, *extra]
+            kwargs = {"channel_axis": -1, "channels": list(range(len(layers)))}
+            if self.norm_box.currentText() == "contrast limits":
+                kwargs["contrast_limits"] = [
+                    tuple(float(v) for v in layer.contrast_limits) for layer in layers
+                ]
+            else:
+                kwargs["percentiles"] = (0.5, 99.5)
+            return kwargs
+        if image.rgb and np.dtype(image.data.dtype) == np.uint8:
             return {}
         if self.norm_box.currentText() == "contrast limits":
             return {"contrast_limits": tuple(float(v) for v in image.contrast_limits)}
         return {"percentiles": (0.5, 99.5)}
+
+    def _plane_reader(self, image):
+        """A function plane -> the array SAM embeds: the image's plane, with the ticked
+        channel layers stacked on. Made on the UI thread, called in workers."""
+        layers = [image, *self.channel_layers()]
+
+        def read(plane: tuple) -> np.ndarray:
+            planes = [L.plane_of(layer, plane) for layer in layers]
+            return planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
+
+        return read
 
     def _embedding_key(self):
         image = self.image_layer
         if image is None:
             return None
         plane = L.current_plane(image, self.viewer)
-        return (id(image), plane, tuple(sorted(self._normalization(image).items())))
+        settings = repr(sorted(self._normalization(image).items()))
+        channels = tuple(id(layer) for layer in self.channel_layers())
+        return (id(image), plane, settings, channels)
 
     def _ensure_embedding(self) -> None:
         if self.predictor is None or self.image_layer is None or not self.layers:
@@ -356,7 +429,7 @@ class SegmentAnythingWidget(QWidget):
                 "to 1024 px on the long side, so small objects may be missed."
             )
         kwargs = self._normalization(image)
-        predictor = self.predictor
+        predictor, plane_data = self.predictor, self._plane_reader(image)
         where = f" (plane {plane})" if plane else ""
         self._set_status(f"Embedding '{image.name}'{where} ...")
         model_id = getattr(getattr(predictor, "model", None), "weights_id", None)
@@ -364,7 +437,7 @@ class SegmentAnythingWidget(QWidget):
         failures = []
 
         def embed():
-            data = L.plane_of(image, plane)  # lazy data (video, dask) is read here, off the UI thread
+            data = plane_data(plane)  # lazy data (video, dask) is read here, off the UI thread
             if cache is None:
                 predictor.set_image(data, **kwargs)
             else:
@@ -407,13 +480,14 @@ class SegmentAnythingWidget(QWidget):
 
         planes = list(np.ndindex(*lead))
         predictor, kwargs = self.predictor, self._normalization(image)
+        plane_data = self._plane_reader(image)
         failures = []
 
         def run():
             for done, plane in enumerate(planes, start=1):
                 embed_with_cache(
                     predictor,
-                    L.plane_of(image, plane),
+                    plane_data(plane),
                     cache,
                     model_id=model_id,
                     on_store_error=failures.append,

@@ -355,3 +355,21 @@ def test_rgba_time_series(widget, qtbot):
     w.commit()
     labels = w.layers[L.LABELS].data
     assert labels.shape == (3, 40, 50) and labels[2, 15, 30] == 1 and labels[2, 15, 12] == 0
+
+
+def test_multichannel_layers_combined(widget, qtbot):
+    """napari splits channels into layers; ticking two more gives SAM a 3-channel image."""
+    nuclei = blobs_image()
+    membrane = np.zeros_like(nuclei)
+    membrane[40:75, 5:45] = 1000  # an object only the second channel shows
+    viewer, w = widget(nuclei)
+    viewer.add_image(membrane, name="membrane")
+    viewer.add_image(np.zeros((10, 10)), name="other size")
+    items = [w.channel_list.item(i).text() for i in range(w.channel_list.count())]
+    assert items == ["membrane"]
+    w.set_channel_layers(["membrane"])
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and len(w._embedded[3]) == 1, timeout=5000)
+    assert w._normalization(viewer.layers["img"])["channels"] == [0, 1]
+    add_point(w, 60, 20)  # dark in the first channel, bright in the second
+    wait(qtbot, w)
+    assert w.layers[L.PREVIEW].data[60, 20] == 1
