@@ -19,7 +19,9 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QHBoxLayout,
+    QFileDialog,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -44,9 +46,11 @@ KEYS = (
 MAX_PIXELS = 100_000_000
 
 
-def _load_model(model_type: str, device: str, dtype: str):
+def _load_model(model_type: str, device: str, dtype: str, checkpoint: str | None = None):
     from src_core import SamPredictor, build_sam
 
+    if checkpoint:
+        return SamPredictor(build_sam("auto", checkpoint=checkpoint, device=device, dtype=dtype))
     return SamPredictor(build_sam(model_type, device=device, dtype=dtype))
 
 
@@ -88,7 +92,16 @@ class SegmentAnythingWidget(QWidget):
         self.dtype_box.addItems(["auto", "float32", "bfloat16"])
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(self.load_model)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("official weights (or a local .pth file)")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_checkpoint)
+        checkpoint_row = QHBoxLayout()
+        checkpoint_row.addWidget(self.checkpoint_edit)
+        checkpoint_row.addWidget(browse)
         form.addRow("model", self.model_box)
+        form.addRow("weights", checkpoint_row)
         form.addRow("device", self.device_box)
         form.addRow("precision", self.dtype_box)
         form.addRow(self.load_button)
@@ -319,12 +332,19 @@ class SegmentAnythingWidget(QWidget):
             return
         model_type = self.model_box.currentText()
         device, dtype = self.device_box.currentText(), self.dtype_box.currentText()
-        self._set_status(f"Loading {model_type} ...")
-        worker = thread_worker(_load_model, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {model_type}"})(
-            model_type, device, dtype
-        )
-        worker.returned.connect(lambda predictor: self.set_predictor(predictor, model_type))
+        checkpoint = self.checkpoint_edit.text().strip() or None
+        name = checkpoint or model_type
+        self._set_status(f"Loading {name} ...")
+        worker = thread_worker(
+            _load_model, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {name}"}
+        )(model_type, device, dtype, checkpoint)
+        worker.returned.connect(lambda predictor: self.set_predictor(predictor, name))
         self._run(worker)
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "PyTorch weights (*.pth *.pt)")
+        if path:
+            self.checkpoint_edit.setText(path)
 
     def set_predictor(self, predictor, name: str = "model", cache=None) -> None:
         """Use ``predictor`` (a SamPredictor or anything with its interface).

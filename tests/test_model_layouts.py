@@ -51,3 +51,19 @@ def test_unknown_model_type():
 
     with pytest.raises(ValueError, match="unknown model type"):
         build_sam("vit_x", checkpoint={})
+
+
+def test_auto_model_type_reads_the_checkpoint():
+    from src_core import build_sam
+
+    torch.manual_seed(0)
+    state = build_sam_from_config(MODEL_CONFIGS["vit_b"]).state_dict()
+    model = build_sam("auto", checkpoint=state, device="cpu")
+    assert model.image_encoder.pos_embed.shape[-1] == 768 and len(model.image_encoder.blocks) == 12
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        build_sam("auto")
+    small = build_sam_from_config(
+        __import__("src_core.model.build", fromlist=["SamConfig"]).SamConfig(64, 2, 2, (1,))
+    ).state_dict()
+    with pytest.raises(ValueError, match="not a known SAM model"):
+        build_sam("auto", checkpoint=small)

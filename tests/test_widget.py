@@ -319,7 +319,7 @@ def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_vie
     shown = []
     monkeypatch.setattr(widget_module, "show_error", shown.append)
 
-    def offline(model_type, device, dtype):
+    def offline(model_type, device, dtype, checkpoint=None):
         raise RuntimeError(f"could not download {model_type}: put the file at /some/where")
 
     monkeypatch.setattr(widget_module, "_load_model", offline)
@@ -373,3 +373,32 @@ def test_multichannel_layers_combined(widget, qtbot):
     add_point(w, 60, 20)  # dark in the first channel, bright in the second
     wait(qtbot, w)
     assert w.layers[L.PREVIEW].data[60, 20] == 1
+
+
+@pytest.mark.slow
+def test_load_local_checkpoint_file_through_the_ui(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The real loading path: a vit_b weights file (random values), loaded in a worker."""
+    import torch
+
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core import SamPredictor
+    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    path = tmp_path / "my_finetuned_vit_b.pth"
+    torch.save({"model": build_sam_from_config(MODEL_CONFIGS["vit_b"]).state_dict()}, path)
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_image(), name="img")
+    w = SegmentAnythingWidget(viewer)
+    w.checkpoint_edit.setText(str(path))
+    w.dtype_box.setCurrentText("bfloat16")
+    w.load_model()
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=180000)
+    assert isinstance(w.predictor, SamPredictor)
+    assert w.predictor.model.weights_id.startswith("vit_b-file-")
+    assert w.predictor.model.encoder_dtype == torch.bfloat16
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npz"))) == 1
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    assert w.segmenter.candidates.masks.shape == (3, 80, 100)

@@ -142,7 +142,8 @@ def build_sam(
     Parameters
     ----------
     model_type : str
-        "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package).
+        "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package), or
+        "auto" to read it from ``checkpoint``.
     checkpoint : path, state dict or None
         A local checkpoint file (official or fine-tuned), an already loaded state dict,
         or None for the official file of ``model_type`` from the cache (downloaded,
@@ -165,9 +166,11 @@ def build_sam(
     from ..checkpoints import load_state_dict, resolve_checkpoint
 
     model_type = "vit_h" if model_type == "default" else model_type
-    if model_type not in MODEL_CONFIGS:
+    if model_type == "auto" and checkpoint is None:
+        raise ValueError("model_type='auto' needs a checkpoint to read the model type from")
+    if model_type not in MODEL_CONFIGS and model_type != "auto":
         raise ValueError(
-            f"unknown model type {model_type!r}: expected one of {sorted(MODEL_CONFIGS)}"
+            f"unknown model type {model_type!r}: expected one of {sorted(MODEL_CONFIGS)} or 'auto'"
         )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -175,8 +178,18 @@ def build_sam(
     if isinstance(checkpoint, Mapping):
         state_dict, source = checkpoint, "(state dict)"
     else:
-        path = resolve_checkpoint(model_type, checkpoint, download=download, progress=progress)
+        path = resolve_checkpoint(
+            "vit_b" if model_type == "auto" else model_type, checkpoint, download=download, progress=progress
+        )
         state_dict, source = load_state_dict(path), str(path)
+    if model_type == "auto":
+        model_type = infer_model_type(state_dict)
+        if model_type is None:
+            raise ValueError(
+                f"checkpoint {source} is not a known SAM model: it holds "
+                f"{describe_state_dict(state_dict)}"
+            )
+    if not isinstance(checkpoint, Mapping):
         weights_id = _weights_id(model_type, path, official=checkpoint is None)
     sam = build_sam_from_config(MODEL_CONFIGS[model_type])
     load_weights(sam, state_dict, model_type, source)
