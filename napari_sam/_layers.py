@@ -15,6 +15,7 @@ coordinates of every layer are pixel coordinates of the image.
 from __future__ import annotations
 
 import numpy as np
+from napari.layers import Labels
 
 from src_core.prompts import Prompt, box_from_corners_rc, rc_to_xy
 
@@ -53,9 +54,10 @@ def ensure_layers(viewer, image_layer) -> dict:
     existing = {layer.name: layer for layer in viewer.layers}
 
     def fits(layer) -> bool:
-        return layer.ndim == ndim and (
-            not hasattr(layer.data, "shape") or layer.__class__.__name__ != "Labels" or tuple(layer.data.shape) == shape
-        )
+        # prompt layers need the image's dimensions; mask layers its exact shape
+        if isinstance(layer, Labels):
+            return tuple(layer.data.shape) == shape
+        return layer.ndim == ndim
 
     points = existing.get(POINTS)
     if points is None or not fits(points):
