@@ -64,7 +64,8 @@ class SegmentAnythingWidget(QWidget):
         self._cache = None
         self.segmenter: ObjectSegmenter | None = None
         self.layers: dict = {}
-        self._embedded: tuple | None = None  # (layer id, plane, normalization) of the embedding
+        self._embedded: tuple | None = None  # (layer id, plane, settings, channels) embedded
+        self._cancelled: tuple | None = None  # the embedding the user cancelled
         self._worker = None
         self._decode_pending = False
         self._preview_plane: tuple | None = None
@@ -374,6 +375,13 @@ class SegmentAnythingWidget(QWidget):
         worker.start()
 
     def _on_error(self, exc: Exception) -> None:
+        from src_core.model.image_encoder import EncodingCancelled
+
+        if isinstance(exc, EncodingCancelled):
+            # not again by itself: a new plane or a new prompt asks for it
+            self._cancelled = self._embedding_key()
+            self._set_status("Embedding cancelled; change plane or add a prompt to embed again.")
+            return
         show_error(f"Segment Anything: {exc}")
         self._set_status(str(exc))
 
@@ -429,7 +437,7 @@ class SegmentAnythingWidget(QWidget):
         if self.predictor is None or self.image_layer is None or not self.layers:
             return
         key = self._embedding_key()
-        if key == self._embedded:
+        if key == self._embedded or key == self._cancelled:
             return
         if self._worker is not None:
             return  # _on_finished comes back here
@@ -527,10 +535,14 @@ class SegmentAnythingWidget(QWidget):
         self._run(worker)
 
     def cancel(self) -> None:
-        """Stop a running 'embed all slices' after the slice in progress."""
-        if self._worker is not None and hasattr(self._worker, "quit"):
-            self._worker.quit()
-            self._set_status("cancelled")
+        """Stop the running embedding (within one encoder block) or 'embed all slices'."""
+        if self._worker is None:
+            return
+        if hasattr(self._worker, "quit"):
+            self._worker.quit()  # generator workers: 'embed all slices' stops between slices
+        if hasattr(self.predictor, "cancel"):
+            self.predictor.cancel()
+        self._set_status("cancelling ...")
 
     def _embedding_cache(self):
         if not self.use_cache.isChecked():
@@ -553,6 +565,7 @@ class SegmentAnythingWidget(QWidget):
     def _on_prompts_changed(self, event=None) -> None:
         if self.predictor is None or not self.layers:
             return
+        self._cancelled = None  # a prompt is a request to segment: embed if needed
         if self._worker is not None or self._embedded != self._embedding_key():
             self._decode_pending = True
             if self._worker is None:

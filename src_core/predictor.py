@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +36,16 @@ class SamPredictor:
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._stop = threading.Event()
         self.reset_image()
+
+    def cancel(self) -> None:
+        """Ask a ``set_image`` running in another thread to stop.
+
+        It raises :class:`~src_core.model.image_encoder.EncodingCancelled` within one
+        encoder block, and the predictor is left without an image.
+        """
+        self._stop.set()
 
     @property
     def device(self) -> torch.device:
@@ -101,10 +111,12 @@ class SamPredictor:
                 f"got shape {shape}; use set_image for unprocessed images"
             )
         self.reset_image()
+        self._stop.clear()
+        padded = self.model.preprocess(transformed_image.to(self.device).float())
+        features = self.model.encode_image(padded, self._stop.is_set)
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(shape[2]), int(shape[3]))
-        padded = self.model.preprocess(transformed_image.to(self.device).float())
-        self.features = self.model.encode_image(padded)
+        self.features = features
         self.is_image_set = True
 
     def set_embedding(

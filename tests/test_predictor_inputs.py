@@ -178,3 +178,27 @@ def test_device_and_dtype_resolution():
     assert resolve_dtype("auto", cpu) in {torch.float32, torch.bfloat16}
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("float16", cpu)
+
+
+def test_cancel_stops_set_image_between_encoder_blocks(model):
+    import threading
+
+    from src_core.model.image_encoder import EncodingCancelled
+
+    pred = SamPredictor(model)
+    image = np.zeros((40, 40, 3), np.uint8)
+    blocks_run = []
+    hooks = [
+        block.register_forward_hook(lambda *a: (blocks_run.append(1), pred.cancel()))
+        for block in model.image_encoder.blocks
+    ]
+    try:
+        with pytest.raises(EncodingCancelled):
+            pred.set_image(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(blocks_run) == 1  # stopped right after the first block
+    assert not pred.is_image_set
+    pred.set_image(image)  # a cancel does not stick to the next image
+    assert pred.is_image_set

@@ -402,3 +402,34 @@ def test_load_local_checkpoint_file_through_the_ui(make_napari_viewer, qtbot, tm
     add_point(w, 20, 20)
     wait(qtbot, w)
     assert w.segmenter.candidates.masks.shape == (3, 80, 100)
+
+
+def test_cancel_a_running_embedding(widget, qtbot):
+    """Cancel stops a slow embedding; it is not restarted until a prompt asks for it."""
+    import threading
+
+    from src_core import SamPredictor
+
+    viewer, w = widget()
+    model = tiny_model_with_weights_id()
+    model.weights_id = None  # no disk cache here
+    predictor = SamPredictor(model)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_block(*args):
+        started.set()
+        release.wait(5)
+
+    hook = model.image_encoder.blocks[0].register_forward_hook(slow_block)
+    w.set_predictor(predictor, "tiny")
+    assert started.wait(5)
+    w.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    hook.remove()
+    assert "cancelled" in w.status.text() and w._embedded is None and not predictor.is_image_set
+    qtbot.wait(300)
+    assert w.idle and w._embedded is None  # not restarted by itself
+    add_point(w, 20, 20)  # a prompt asks for the embedding again
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and not w._decode_pending, timeout=20000)
+    assert predictor.is_image_set and w.segmenter.candidates is not None

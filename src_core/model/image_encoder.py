@@ -5,6 +5,7 @@ Parameter names match Meta's released checkpoints (``image_encoder.*``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -81,13 +82,23 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """Encode ``x``; ``should_stop`` is asked between blocks and, when it answers
+        True, :class:`EncodingCancelled` is raised (a few hundred ms at most on a CPU)."""
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:
+            if should_stop is not None and should_stop():
+                raise EncodingCancelled("image encoding was cancelled")
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+class EncodingCancelled(RuntimeError):
+    """The image encoder was asked to stop before it finished."""
 
 
 class PatchEmbed(nn.Module):

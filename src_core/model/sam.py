@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,9 +60,14 @@ class Sam(nn.Module):
         size = self.image_encoder.img_size
         return F.pad(x, (0, size - w, 0, size - h))
 
-    def encode_image(self, padded: torch.Tensor) -> torch.Tensor:
-        """Run the image encoder on preprocessed input; returns float32 embeddings."""
-        return self.image_encoder(padded.to(self.encoder_dtype)).float()
+    def encode_image(
+        self, padded: torch.Tensor, should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        """Run the image encoder on preprocessed input; returns float32 embeddings.
+
+        ``should_stop`` is asked between encoder blocks (see ``ImageEncoderViT.forward``).
+        """
+        return self.image_encoder(padded.to(self.encoder_dtype), should_stop).float()
 
     def postprocess_masks(
         self,
