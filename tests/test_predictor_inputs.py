@@ -181,8 +181,6 @@ def test_device_and_dtype_resolution():
 
 
 def test_cancel_stops_set_image_between_encoder_blocks(model):
-    import threading
-
     from src_core.model.image_encoder import EncodingCancelled
 
     pred = SamPredictor(model)
