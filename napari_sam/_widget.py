@@ -13,25 +13,13 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QHBoxLayout,
-    QFileDialog,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
 
 from . import _layers as L
+from ._image_panel import ImagePanel
+from ._model_panel import ModelPanel, load_predictor
 
 KEYS = (
     ("click", "add an object point (Points layer in add mode)"),
@@ -44,14 +32,6 @@ KEYS = (
 )
 # planes above this many pixels are refused rather than risking running out of memory
 MAX_PIXELS = 100_000_000
-
-
-def _load_model(model_type: str, device: str, dtype: str, checkpoint: str | None = None):
-    from src_core import SamPredictor, build_sam
-
-    if checkpoint:
-        return SamPredictor(build_sam("auto", checkpoint=checkpoint, device=device, dtype=dtype))
-    return SamPredictor(build_sam(model_type, device=device, dtype=dtype))
 
 
 class SegmentAnythingWidget(QWidget):
@@ -81,51 +61,17 @@ class SegmentAnythingWidget(QWidget):
 
     def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.model_box = QComboBox()
-        self.model_box.addItems(["vit_b", "vit_l", "vit_h"])
-        self.model_box.currentIndexChanged.connect(
-            lambda *_: self.predictor is None and self._set_status(self._weights_hint())
+        self.model_panel = ModelPanel()
+        self.model_panel.load_button.clicked.connect(self.load_model)
+        self.model_panel.model_box.currentIndexChanged.connect(
+            lambda *_: self.predictor is None and self._set_status(self.model_panel.hint())
         )
-        self.device_box = QComboBox()
-        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
-        self.dtype_box = QComboBox()
-        self.dtype_box.addItems(["auto", "float32", "bfloat16"])
-        self.load_button = QPushButton("Load model")
-        self.load_button.clicked.connect(self.load_model)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("official weights (or a local .pth file)")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_checkpoint)
-        checkpoint_row = QHBoxLayout()
-        checkpoint_row.addWidget(self.checkpoint_edit)
-        checkpoint_row.addWidget(browse)
-        form.addRow("model", self.model_box)
-        form.addRow("weights", checkpoint_row)
-        form.addRow("device", self.device_box)
-        form.addRow("precision", self.dtype_box)
-        form.addRow(self.load_button)
-        self.image_box = QComboBox()
-        self.image_box.currentIndexChanged.connect(self._on_image_changed)
-        self.norm_box = QComboBox()
-        self.norm_box.addItems(["contrast limits", "percentiles"])
-        self.norm_box.setToolTip(
-            "How 16-bit and float images become 0-255 for SAM: the layer's contrast limits "
-            "(what you see is what SAM sees) or the 0.5-99.5 percentiles of the slice."
-        )
-        self.norm_box.currentIndexChanged.connect(self._on_image_changed)
-        self.channel_list = QListWidget()
-        self.channel_list.setMaximumHeight(70)
-        self.channel_list.setToolTip(
-            "Tick up to two more image layers of the same size (e.g. the other channels of "
-            "a multichannel image): SAM then sees the image as red, these as green and blue."
-        )
-        self.channel_list.itemChanged.connect(self._on_channels_changed)
-        form.addRow("image", self.image_box)
-        form.addRow("+ channels", self.channel_list)
-        form.addRow("normalize by", self.norm_box)
-        layout.addLayout(form)
+        layout.addWidget(self.model_panel)
+        self.image_panel = ImagePanel()
+        self.image_panel.image_box.currentIndexChanged.connect(self._on_image_changed)
+        self.image_panel.norm_box.currentIndexChanged.connect(self._on_image_changed)
+        self.image_panel.channel_list.itemChanged.connect(self._on_channels_changed)
+        layout.addWidget(self.image_panel)
         self.paint_over = QCheckBox("commit paints over existing labels")
         layout.addWidget(self.paint_over)
         self.use_cache = QCheckBox("keep embeddings on disk")
@@ -152,7 +98,7 @@ class SegmentAnythingWidget(QWidget):
             button.clicked.connect(slot)
             stack_buttons.addWidget(button)
         layout.addLayout(stack_buttons)
-        self.status = QLabel(self._weights_hint())
+        self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         help_text = "<br>".join(f"<b>{k}</b>: {v}" for k, v in KEYS)
@@ -160,20 +106,6 @@ class SegmentAnythingWidget(QWidget):
         keys.setWordWrap(True)
         layout.addWidget(keys)
         layout.addStretch()
-
-    def _weights_hint(self) -> str:
-        from src_core.checkpoints import CHECKPOINTS, cached_checkpoint, checkpoint_path
-
-        name = self.model_box.currentText()
-        if cached_checkpoint(name) is not None:
-            return f"Official {name} weights are cached: press Load model."
-        info = CHECKPOINTS[name]
-        return (
-            f"No official {name} weights cached yet. Load model downloads them "
-            f"({info.size / 1e6:.0f} MB). Offline: put {info.filename} at "
-            f"{checkpoint_path(name)} (or run `napari-sam download {name}` where there is "
-            "network)."
-        )
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -184,49 +116,12 @@ class SegmentAnythingWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _refresh_images(self, event=None) -> None:
-        current = self.image_box.currentText()
-        names = [layer.name for layer in self._images()]
-        self.image_box.blockSignals(True)
-        self.image_box.clear()
-        self.image_box.addItems(names)
-        if current in names:
-            self.image_box.setCurrentText(current)
-        self.image_box.blockSignals(False)
-        self._refresh_channels()
         # the first image to appear is picked up; later changes are the user's choice
-        if not current and names:
+        if self.image_panel.refresh(self._images()):
             self._on_image_changed()
 
-    def _refresh_channels(self) -> None:
-        image = self.image_layer
-        ticked = {layer.name for layer in self.channel_layers()}
-        self.channel_list.blockSignals(True)
-        self.channel_list.clear()
-        if image is not None and not image.rgb:
-            shape = L.spatial_shape(image)
-            for layer in self._images():
-                if layer is image or layer.rgb or L.spatial_shape(layer) != shape:
-                    continue
-                item = QListWidgetItem(layer.name)
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                item.setCheckState(Qt.CheckState.Checked if layer.name in ticked else Qt.CheckState.Unchecked)
-                self.channel_list.addItem(item)
-        self.channel_list.blockSignals(False)
-
     def channel_layers(self) -> list:
-        """The extra channel layers ticked by the user (at most two are used)."""
-        names = {
-            self.channel_list.item(i).text()
-            for i in range(self.channel_list.count())
-            if self.channel_list.item(i).checkState() == Qt.CheckState.Checked
-        }
-        return [layer for layer in self._images() if layer.name in names][:2]
-
-    def set_channel_layers(self, names) -> None:
-        """Tick the given layer names in the channel list (for scripts and tests)."""
-        for i in range(self.channel_list.count()):
-            item = self.channel_list.item(i)
-            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+        return self.image_panel.channel_layers(self._images())
 
     def _on_channels_changed(self, item=None) -> None:
         if self.segmenter is not None:
@@ -235,11 +130,7 @@ class SegmentAnythingWidget(QWidget):
 
     @property
     def image_layer(self):
-        name = self.image_box.currentText()
-        for layer in self._images():
-            if layer.name == name:
-                return layer
-        return None
+        return self.image_panel.image(self._images())
 
     def _on_layer_removed(self, event) -> None:
         removed = event.value
@@ -260,7 +151,7 @@ class SegmentAnythingWidget(QWidget):
         image = self.image_layer
         if image is None:
             return
-        self._refresh_channels()
+        self.image_panel.refresh_channels(self._images())
         if len(L.spatial_shape(image)) < 2:
             show_error(f"'{image.name}' is not an image with at least 2 dimensions.")
             return
@@ -331,21 +222,13 @@ class SegmentAnythingWidget(QWidget):
         if self._worker is not None:
             show_info("Busy: wait for the current job to finish.")
             return
-        model_type = self.model_box.currentText()
-        device, dtype = self.device_box.currentText(), self.dtype_box.currentText()
-        checkpoint = self.checkpoint_edit.text().strip() or None
-        name = checkpoint or model_type
-        self._set_status(f"Loading {name} ...")
+        choice = self.model_panel.choice()
+        self._set_status(f"Loading {choice.name} ...")
         worker = thread_worker(
-            _load_model, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {name}"}
-        )(model_type, device, dtype, checkpoint)
-        worker.returned.connect(lambda predictor: self.set_predictor(predictor, name))
+            load_predictor, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {choice.name}"}
+        )(choice)
+        worker.returned.connect(lambda predictor: self.set_predictor(predictor, choice.name))
         self._run(worker)
-
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "PyTorch weights (*.pth *.pt)")
-        if path:
-            self.checkpoint_edit.setText(path)
 
     def set_predictor(self, predictor, name: str = "model", cache=None) -> None:
         """Use ``predictor`` (a SamPredictor or anything with its interface).
@@ -396,33 +279,10 @@ class SegmentAnythingWidget(QWidget):
             self._start_decode()
 
     def _normalization(self, image) -> dict:
-        extra = self.channel_layers()
-        if extra:
-            layers = [image, *extra]
-            kwargs = {"channel_axis": -1, "channels": list(range(len(layers)))}
-            if self.norm_box.currentText() == "contrast limits":
-                kwargs["contrast_limits"] = [
-                    tuple(float(v) for v in layer.contrast_limits) for layer in layers
-                ]
-            else:
-                kwargs["percentiles"] = (0.5, 99.5)
-            return kwargs
-        if image.rgb and np.dtype(image.data.dtype) == np.uint8:
-            return {}
-        if self.norm_box.currentText() == "contrast limits":
-            return {"contrast_limits": tuple(float(v) for v in image.contrast_limits)}
-        return {"percentiles": (0.5, 99.5)}
+        return self.image_panel.normalization(image, self._images())
 
     def _plane_reader(self, image):
-        """A function plane -> the array SAM embeds: the image's plane, with the ticked
-        channel layers stacked on. Made on the UI thread, called in workers."""
-        layers = [image, *self.channel_layers()]
-
-        def read(plane: tuple) -> np.ndarray:
-            planes = [L.plane_of(layer, plane) for layer in layers]
-            return planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
-
-        return read
+        return self.image_panel.plane_reader(image, self._images())
 
     def _embedding_key(self):
         image = self.image_layer

@@ -166,7 +166,7 @@ def test_scaled_and_translated_layer(widget, qtbot):
 def test_sixteen_bit_uses_contrast_limits(widget, qtbot):
     viewer, w = widget()
     assert "contrast_limits" in w._normalization(viewer.layers["img"])
-    w.norm_box.setCurrentText("percentiles")
+    w.image_panel.norm_box.setCurrentText("percentiles")
     assert "percentiles" in w._normalization(viewer.layers["img"])
 
 
@@ -319,15 +319,15 @@ def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_vie
     shown = []
     monkeypatch.setattr(widget_module, "show_error", shown.append)
 
-    def offline(model_type, device, dtype, checkpoint=None):
-        raise RuntimeError(f"could not download {model_type}: put the file at /some/where")
+    def offline(choice):
+        raise RuntimeError(f"could not download {choice.model_type}: put the file at /some/where")
 
-    monkeypatch.setattr(widget_module, "_load_model", offline)
+    monkeypatch.setattr(widget_module, "load_predictor", offline)
     w.load_model()
     qtbot.waitUntil(lambda: w.idle, timeout=5000)
     assert w.predictor is None and shown and "/some/where" in shown[0]
     assert "/some/where" in w.status.text()
-    monkeypatch.setattr(widget_module, "_load_model", lambda *a: StandInPredictor())
+    monkeypatch.setattr(widget_module, "load_predictor", lambda *a: StandInPredictor())
     w.load_model()
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
     assert isinstance(w.predictor, StandInPredictor)
@@ -365,9 +365,9 @@ def test_multichannel_layers_combined(widget, qtbot):
     viewer, w = widget(nuclei)
     viewer.add_image(membrane, name="membrane")
     viewer.add_image(np.zeros((10, 10)), name="other size")
-    items = [w.channel_list.item(i).text() for i in range(w.channel_list.count())]
+    items = [w.image_panel.channel_list.item(i).text() for i in range(w.image_panel.channel_list.count())]
     assert items == ["membrane"]
-    w.set_channel_layers(["membrane"])
+    w.image_panel.set_channel_layers(["membrane"])
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None and len(w._embedded[3]) == 1, timeout=5000)
     assert w._normalization(viewer.layers["img"])["channels"] == [0, 1]
     add_point(w, 60, 20)  # dark in the first channel, bright in the second
@@ -391,8 +391,8 @@ def test_load_local_checkpoint_file_through_the_ui(make_napari_viewer, qtbot, tm
     viewer = make_napari_viewer()
     viewer.add_image(blobs_image(), name="img")
     w = SegmentAnythingWidget(viewer)
-    w.checkpoint_edit.setText(str(path))
-    w.dtype_box.setCurrentText("bfloat16")
+    w.model_panel.checkpoint_edit.setText(str(path))
+    w.model_panel.dtype_box.setCurrentText("bfloat16")
     w.load_model()
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=180000)
     assert isinstance(w.predictor, SamPredictor)

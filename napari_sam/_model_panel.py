@@ -1,0 +1,90 @@
+"""The model part of the dock widget: which SAM, which weights, where, how precise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model_type: str
+    device: str
+    dtype: str
+    checkpoint: str | None  # a local weights file; None: the official ones
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint or self.model_type
+
+
+def load_predictor(choice: ModelChoice):
+    """Build the chosen model and its predictor (runs in a worker: may download)."""
+    from src_core import SamPredictor, build_sam
+
+    if choice.checkpoint:
+        model = build_sam("auto", checkpoint=choice.checkpoint, device=choice.device, dtype=choice.dtype)
+    else:
+        model = build_sam(choice.model_type, device=choice.device, dtype=choice.dtype)
+    return SamPredictor(model)
+
+
+def weights_hint(model_type: str) -> str:
+    """What the user needs to know about the official weights before loading them."""
+    from src_core.checkpoints import CHECKPOINTS, cached_checkpoint, checkpoint_path
+
+    if cached_checkpoint(model_type) is not None:
+        return f"Official {model_type} weights are cached: press Load model."
+    info = CHECKPOINTS[model_type]
+    return (
+        f"No official {model_type} weights cached yet. Load model downloads them "
+        f"({info.size / 1e6:.0f} MB). Offline: put {info.filename} at "
+        f"{checkpoint_path(model_type)} (or run `napari-sam download {model_type}` where "
+        "there is network)."
+    )
+
+
+class ModelPanel(QWidget):
+    """Model type, weights file, device and precision, and the Load button."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.model_box = QComboBox()
+        self.model_box.addItems(["vit_b", "vit_l", "vit_h"])
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("official weights (or a local .pth file)")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        checkpoint_row = QHBoxLayout()
+        checkpoint_row.addWidget(self.checkpoint_edit)
+        checkpoint_row.addWidget(browse)
+        self.device_box = QComboBox()
+        self.device_box.addItems(["auto", "cpu", "cuda", "mps"])
+        self.dtype_box = QComboBox()
+        self.dtype_box.addItems(["auto", "float32", "bfloat16"])
+        self.load_button = QPushButton("Load model")
+        form.addRow("model", self.model_box)
+        form.addRow("weights", checkpoint_row)
+        form.addRow("device", self.device_box)
+        form.addRow("precision", self.dtype_box)
+        form.addRow(self.load_button)
+
+    def choice(self) -> ModelChoice:
+        return ModelChoice(
+            self.model_box.currentText(),
+            self.device_box.currentText(),
+            self.dtype_box.currentText(),
+            self.checkpoint_edit.text().strip() or None,
+        )
+
+    def hint(self) -> str:
+        return weights_hint(self.model_box.currentText())
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "PyTorch weights (*.pth *.pt)")
+        if path:
+            self.checkpoint_edit.setText(path)
