@@ -13,6 +13,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
@@ -199,14 +200,21 @@ class SegmentAnythingWidget(QWidget):
         if points is None:
             return
         if self._negative_once and getattr(event, "action", None) in ("added", None):
+            # napari selects the new point after this event, which copies its label into
+            # the defaults: restore "object" once napari is done with the click
             self._negative_once = False
-            points.feature_defaults["label"] = 1
-            points.current_face_color = L.POSITIVE_COLOR
+            QTimer.singleShot(0, self._restore_positive)
         labels = np.asarray(points.features["label"]) if len(points.data) else np.zeros(0)
         colors = L.point_colors(labels)
         if colors:
             points.face_color = colors
         self._on_prompts_changed()
+
+    def _restore_positive(self) -> None:
+        points = self.layers.get(L.POINTS)
+        if points is not None:
+            points.feature_defaults["label"] = 1
+            points.current_face_color = L.POSITIVE_COLOR
 
     def _on_plane_changed(self, event=None) -> None:
         if self.image_layer is None or not self.layers or self.predictor is None:

@@ -302,10 +302,10 @@ def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
     w.set_predictor(SamPredictor(model), "tiny", cache=cache)
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
     w.embed_all_slices()
-    qtbot.waitUntil(lambda: len(cache) >= 3, timeout=30000)
+    qtbot.waitUntil(lambda: len(cache) >= 2, timeout=60000)
     w.cancel()
-    qtbot.waitUntil(lambda: w.idle, timeout=30000)
-    assert len(cache) < 30
+    qtbot.waitUntil(lambda: w.idle, timeout=60000)
+    assert 2 <= len(cache) < 30
 
 
 def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
@@ -433,3 +433,18 @@ def test_cancel_a_running_embedding(widget, qtbot):
     add_point(w, 20, 20)  # a prompt asks for the embedding again
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None and not w._decode_pending, timeout=20000)
     assert predictor.is_image_set and w.segmenter.candidates is not None
+
+
+def test_shift_click_adds_one_background_point(widget, qtbot):
+    from types import SimpleNamespace
+
+    viewer, w = widget()
+    points = w.layers[L.POINTS]
+    press = SimpleNamespace(modifiers=["Shift"], type="mouse_press")
+    next(w._on_points_press(points, press))  # napari runs our callback first, then adds
+    points.add(np.array([60.0, 70.0]))
+    qtbot.wait(50)  # the next click is a later event
+    points.add(np.array([20.0, 20.0]))  # a plain click afterwards is an object point again
+    assert list(points.features["label"]) == [0, 1]
+    wait(qtbot, w)
+    assert w.layers[L.PREVIEW].data[20, 20] == 1 and w.layers[L.PREVIEW].data[60, 70] == 0
