@@ -35,6 +35,10 @@ KEYS = (
 MAX_PIXELS = 100_000_000
 
 
+class EmbeddingNotStored(Exception):
+    """Embedding all slices could not write to the disk cache."""
+
+
 class SegmentAnythingWidget(QWidget):
     """Dock widget driving SAM on the selected image layer."""
 
@@ -373,6 +377,7 @@ class SegmentAnythingWidget(QWidget):
             )
             return
         from src_core.embedding_cache import embed_with_cache
+        from src_core.model.image_encoder import EncodingCancelled
 
         planes = list(np.ndindex(*lead))
         predictor, kwargs = self.predictor, self._normalization(image)
@@ -380,23 +385,31 @@ class SegmentAnythingWidget(QWidget):
         failures = []
 
         def run():
+            # napari's generator workers swallow a RuntimeError without 'finished':
+            # cancellation returns, and a storage failure is raised as another type
             for done, plane in enumerate(planes, start=1):
-                embed_with_cache(
-                    predictor,
-                    plane_data(plane),
-                    cache,
-                    model_id=model_id,
-                    on_store_error=failures.append,
-                    **kwargs,
-                )
+                try:
+                    embed_with_cache(
+                        predictor,
+                        plane_data(plane),
+                        cache,
+                        model_id=model_id,
+                        on_store_error=failures.append,
+                        **kwargs,
+                    )
+                except EncodingCancelled:
+                    return "cancelled"
                 if failures:
-                    raise RuntimeError(f"could not store embeddings: {failures[0]}")
+                    raise EmbeddingNotStored(f"could not store embeddings: {failures[0]}")
                 yield done
+            return "done"
 
         worker = thread_worker(
             run, ignore_errors=True, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
         )()
         worker.yielded.connect(lambda done: self._set_status(f"embedded {done}/{len(planes)} slices"))
+        worker.returned.connect(lambda result: self._set_status(f"embedding all slices: {result}"))
+        worker.aborted.connect(lambda: self._set_status("embedding all slices: cancelled"))
         self._embedded = None  # the predictor now holds other planes; the shown one comes back
         if self.segmenter is not None:
             self.segmenter.reset()

@@ -306,6 +306,36 @@ def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
     w.cancel()
     qtbot.waitUntil(lambda: w.idle, timeout=60000)
     assert 2 <= len(cache) < 30
+    assert "cancel" in w.status.text() or w._embedded is not None
+
+
+def test_embed_all_slices_cancelled_inside_an_encoding(widget, qtbot, tmp_path):
+    """Cancel while the encoder runs: the worker still finishes and the widget is usable."""
+    import threading
+
+    from src_core import EmbeddingCache, SamPredictor
+
+    model = tiny_model_with_weights_id()
+    stack = np.stack([np.roll(blobs_image(), 3 * i, axis=1) for i in range(5)])
+    viewer, w = widget(stack)
+    w.set_predictor(SamPredictor(model), "tiny", cache=EmbeddingCache(tmp_path))
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_block(*args):
+        inside.set()
+        release.wait(5)
+
+    hook = model.image_encoder.blocks[0].register_forward_hook(slow_block)
+    w.embed_all_slices()
+    assert inside.wait(10)
+    w.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: w.idle, timeout=30000)
+    hook.remove()
+    assert len(EmbeddingCache(tmp_path)) < 5
+    add_point(w, 20, 20, plane=L.current_plane(viewer.layers["img"], viewer))
+    qtbot.waitUntil(lambda: w.idle and w.segmenter.candidates is not None, timeout=30000)
 
 
 def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
