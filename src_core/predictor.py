@@ -13,6 +13,12 @@ from .preprocess import image_to_tensor, to_rgb
 from .transforms import ResizeLongestSide
 
 
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype != torch.bool:
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
+
+
 class ImageNotSetError(RuntimeError, ValueError):
     """Raised when masks are requested before an image was set.
 
@@ -180,7 +186,7 @@ class SamPredictor:
         masks, iou, low_res = self.predict_torch(
             coords, labels, boxes, masks_in, multimask_output, return_logits=return_logits
         )
-        masks, iou, low_res = (t.detach().float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy() for t in (masks, iou, low_res))
+        masks, iou, low_res = (_to_numpy(t) for t in (masks, iou, low_res))
         if not batched:
             return masks[0], iou[0], low_res[0]
         return masks, iou, low_res

@@ -23,6 +23,9 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    # identity of the loaded weights (set by build_sam), for caches of their outputs;
+    # None when unknown (random weights, an in-memory state dict): nothing is cached
+    weights_id: str | None = None
 
     def __init__(
         self,
