@@ -207,3 +207,18 @@ def test_full_vit_b_geometry(tmp_path):
         a = our_pred.predict(**prompt, multimask_output=False)[0][0]
         b = bf16.predict(**prompt, multimask_output=False)[0][0]
         assert mask_iou(a, b) >= 0.98, kind
+
+
+def test_gpu_attention_path_matches_on_cpu(small_pair, monkeypatch):
+    """The encoder's SDPA path (used on GPUs) computes the same as the CPU path."""
+    from src_core.model.image_encoder import Attention
+
+    ref, ours = small_pair
+    x = torch.as_tensor(astronaut_image(1024, 1024)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        expected = ref.image_encoder(ref.preprocess(x))
+        blocked = ours.encode_image(ours.preprocess(x))
+        monkeypatch.setattr(Attention, "_blocked_attention", Attention._sdpa_attention)
+        sdpa = ours.encode_image(ours.preprocess(x))
+    assert (blocked - expected).abs().max() <= EMBED_TOL
+    assert (sdpa - expected).abs().max() <= EMBED_TOL
