@@ -478,3 +478,26 @@ def test_shift_click_adds_one_background_point(widget, qtbot):
     assert list(points.features["label"]) == [0, 1]
     wait(qtbot, w)
     assert w.layers[L.PREVIEW].data[20, 20] == 1 and w.layers[L.PREVIEW].data[60, 70] == 0
+
+
+def test_large_images_are_explained_not_crashed(make_napari_viewer, qtbot, monkeypatch):
+    import napari_sam._widget as widget_module
+    from napari_sam._widget import SegmentAnythingWidget
+
+    errors, warnings_ = [], []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    monkeypatch.setattr(widget_module, "show_warning", warnings_.append)
+    viewer = make_napari_viewer()
+    huge = np.broadcast_to(np.zeros(1, np.uint8), (12000, 9000))  # 108 Mpx, no memory
+    viewer.add_image(huge, name="huge", contrast_limits=(0, 255))
+    w = SegmentAnythingWidget(viewer)
+    predictor = StandInPredictor()
+    w.set_predictor(predictor)
+    qtbot.wait(100)
+    assert w.idle and predictor.set_image_calls == 0
+    assert errors and "too large" in errors[0] and "tiling" in errors[0]
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((5000, 300), np.uint8), name="tall")
+    w.image_panel.image_box.setCurrentText("tall")
+    qtbot.waitUntil(lambda: w.idle and predictor.set_image_calls == 1, timeout=10000)
+    assert warnings_ and "scaled down" in warnings_[0]
