@@ -27,6 +27,8 @@ _EXPORTS = {
     "VideoFrames": "src_core.video",
     "Prompt": "src_core.prompts",
     "ObjectSegmenter": "src_core.interactive",
+    "SamAutomaticMaskGenerator": "src_core.automatic",
+    "masks_to_label_image": "src_core.automatic",
 }
 
 __all__ = sorted(_EXPORTS)
