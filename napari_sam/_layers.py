@@ -98,8 +98,7 @@ def current_plane(image_layer, viewer) -> tuple[int, ...]:
     if lead <= 0:
         return ()
     world = np.asarray(viewer.dims.point)[-len(shape):]
-    data = image_layer.world_to_data(world) if hasattr(image_layer, "world_to_data") else world
-    data = np.asarray(data)[-len(shape):]
+    data = np.asarray(image_layer.world_to_data(world))[-len(shape):]
     return tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(data[:lead], shape[:lead]))
 
 

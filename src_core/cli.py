@@ -337,10 +337,11 @@ def _paint_labels(masks: Any, iou: Any) -> Any:
     """uint16 labels 1..K; where objects overlap, the higher predicted IoU wins."""
     import numpy as np
 
-    labels = np.zeros(masks.shape[1:], dtype=np.uint16)
-    for k in np.argsort(iou, kind="stable"):  # lowest first, so the best is painted last
-        labels[masks[k]] = k + 1
-    return labels
+    from .automatic import masks_to_label_image
+
+    records = [{"segmentation": m, "predicted_iou": float(s)} for m, s in zip(masks, iou)]
+    labels = masks_to_label_image(records, masks.shape[1:], order="predicted_iou")
+    return labels.astype(np.uint16)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:

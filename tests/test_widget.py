@@ -306,7 +306,6 @@ def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
     w.cancel()
     qtbot.waitUntil(lambda: w.idle, timeout=60000)
     assert 2 <= len(cache) < 30
-    assert "cancel" in w.status.text() or w._embedded is not None
 
 
 def test_embed_all_slices_cancelled_inside_an_encoding(widget, qtbot, tmp_path):
