@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from src_core.interactive import ObjectSegmenter
 
 from . import _layers as L
+from ._everything_panel import EverythingPanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
 
@@ -103,6 +104,8 @@ class SegmentAnythingWidget(QWidget):
             button.clicked.connect(slot)
             stack_buttons.addWidget(button)
         layout.addLayout(stack_buttons)
+        self.everything = EverythingPanel(self)  # uses this widget's predictor, layers and jobs
+        layout.addWidget(self.everything)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -416,9 +419,10 @@ class SegmentAnythingWidget(QWidget):
         self._run(worker)
 
     def cancel(self) -> None:
-        """Stop the running embedding (within one encoder block) or 'embed all slices'."""
+        """Stop the running embedding (within one encoder block), 'embed all slices' or segment everything."""
         if self._worker is None:
             return
+        self.everything.cancel()
         if hasattr(self._worker, "quit"):
             self._worker.quit()  # generator workers: 'embed all slices' stops between slices
         if hasattr(self.predictor, "cancel"):

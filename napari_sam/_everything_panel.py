@@ -1,0 +1,349 @@
+"""The "Segment everything" part of the dock widget.
+
+It runs :class:`~src_core.automatic.SamAutomaticMaskGenerator` on the shown plane, or
+on every slice of a stack (then links the slices into 3D objects with
+:func:`~src_core.automatic.linking.link_slices`), in one of the widget's jobs, with
+progress and cancel. The result goes into "SAM labels" with ids above those already
+there, as one undoable edit, so point and box commits can correct it afterwards.
+
+The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+viewer, the predictor, the chosen image, the SAM layers and the job runner.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from src_core.automatic.generator import GenerationCancelled
+
+from . import _layers as L
+
+SCOPES = ("current plane", "all slices (3D, linked)")
+# larger writes skip napari's undo history, whose index arrays would cost ~25 bytes a pixel
+UNDO_LIMIT = 20_000_000
+
+
+@dataclass(frozen=True)
+class EverythingSettings:
+    """What the panel asks of segment everything."""
+
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    min_mask_region_area: int = 0
+    crop_n_layers: int = 0
+    all_slices: bool = False
+    link_min_iou: float = 0.3
+
+
+def make_generator(predictor, settings: EverythingSettings):
+    """The real generator on the predictor's model (the panel's default factory)."""
+    model = getattr(predictor, "model", None)
+    if model is None:
+        raise ValueError("Segment everything needs a SAM model: load one with 'Load model'.")
+    from src_core.automatic import SamAutomaticMaskGenerator
+
+    return SamAutomaticMaskGenerator(
+        model,
+        points_per_side=settings.points_per_side,
+        pred_iou_thresh=settings.pred_iou_thresh,
+        stability_score_thresh=settings.stability_score_thresh,
+        min_mask_region_area=settings.min_mask_region_area,
+        crop_n_layers=settings.crop_n_layers,
+    )
+
+
+def segment_planes(
+    generator,
+    read_plane: Callable[[tuple], np.ndarray],
+    normalization: dict,
+    planes: Sequence[tuple],
+    report: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    link_min_iou: float = 0.3,
+) -> np.ndarray | None:
+    """Label images of ``planes`` (runs in a worker; no Qt).
+
+    Returns the (H, W) labels of a single plane, or the (Z, H, W) labels of several,
+    linked into 3D objects; None when cancelled (``should_stop`` returned True, or the
+    generator's ``cancel()`` was called). ``report(done, total)`` counts point batches
+    over all planes.
+    """
+    from src_core.automatic import masks_to_label_image
+    from src_core.automatic.linking import link_slices
+    from src_core.preprocess import to_rgb
+
+    slices = []
+    for index, plane in enumerate(planes):
+
+        def plane_progress(done: int, total: int, index: int = index) -> None:
+            if report is not None:
+                report(index * total + done, len(planes) * total)
+
+        if should_stop is not None and should_stop():
+            return None
+        rgb = to_rgb(read_plane(plane), **normalization)
+        if rgb.dtype != np.uint8:  # scaled to 0-255 already: give the generator what SAM sees
+            rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        try:
+            records = generator.generate(rgb, progress=plane_progress, should_stop=should_stop)
+        except GenerationCancelled:
+            # caught here: napari's generator workers swallow RuntimeErrors silently
+            return None
+        slices.append(masks_to_label_image(records, rgb.shape[:2]))
+    if len(slices) == 1:
+        return slices[0]
+    return link_slices(np.stack(slices), min_iou=link_min_iou)
+
+
+def paint_labels(
+    labels_layer, labels: np.ndarray, prefix: tuple, *, overwrite: bool = False
+) -> tuple[int, int, bool]:
+    """Write ``labels`` into ``labels_layer`` at ``prefix`` with new ids, as one undo step.
+
+    The objects get consecutive ids above the layer's current maximum, in the order of
+    their ids in ``labels``. Existing labels are kept unless ``overwrite``. Returns the
+    first and last id written ((0, 0) when nothing was) and whether it can be undone
+    (not above :data:`UNDO_LIMIT` pixels).
+    """
+    data = labels_layer.data
+    region = np.asarray(data[prefix] if prefix else data)
+    write = labels > 0
+    if not overwrite:
+        write &= region == 0
+    ids, inverse = np.unique(labels[write], return_inverse=True)
+    if not len(ids):
+        return 0, 0, True
+    start = int(np.asarray(data).max()) + 1
+    if start + len(ids) - 1 > np.iinfo(data.dtype).max:
+        raise ValueError(f"'{labels_layer.name}' ({data.dtype}) has no room for {len(ids)} more ids")
+    values = (start + inverse).astype(data.dtype)
+    if values.size > UNDO_LIMIT:
+        view = data[prefix] if prefix else data
+        view[write] = values
+        labels_layer.refresh()
+        return start, start + len(ids) - 1, False
+    else:
+        where = np.nonzero(write)
+        index = tuple(np.full(len(where[0]), p) for p in prefix) + where
+        with labels_layer.block_history():
+            labels_layer.data_setitem(index, values)
+    return start, start + len(ids) - 1, True
+
+
+class EverythingPanel(QWidget):
+    """Settings, Run and Cancel for segment everything, with a progress bar.
+
+    ``generator_factory(predictor, settings)`` makes the generator (anything with
+    ``generate(image, progress=...)`` and ``cancel()``); tests swap it for a stand-in.
+    """
+
+    progressed = Signal(int, int)
+
+    def __init__(self, host) -> None:
+        super().__init__()
+        self.host = host
+        self.generator_factory = make_generator
+        self._generator = None
+        self._stop = threading.Event()
+        self._progress: progress | None = None
+        self._build_ui()
+        self.progressed.connect(self._on_progress)
+
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Segment everything")
+        outer.addWidget(box)
+        form = QFormLayout(box)
+        defaults = EverythingSettings()
+        self.points_box = QSpinBox()
+        self.points_box.setRange(1, 128)
+        self.points_box.setValue(defaults.points_per_side)
+        self.points_box.setToolTip("Grid of points per image side; each point prompts SAM once.")
+        self.iou_box = self._fraction(defaults.pred_iou_thresh, "Keep masks SAM rates above this quality.")
+        self.stability_box = self._fraction(
+            defaults.stability_score_thresh, "Keep masks that barely change when SAM's threshold moves."
+        )
+        self.area_box = QSpinBox()
+        self.area_box.setRange(0, 1_000_000)
+        self.area_box.setSuffix(" px")
+        self.area_box.setToolTip("Fill holes and drop islands smaller than this; 0 keeps everything.")
+        self.crop_box = QSpinBox()
+        self.crop_box.setRange(0, 3)
+        self.crop_box.setToolTip("Also run on 4, 16, 64 overlapping crops: finds smaller objects, slower.")
+        self.scope_box = QComboBox()
+        self.scope_box.addItems(SCOPES)
+        self.scope_box.setToolTip(
+            "Stacks: the shown plane, or every slice along the last slider, with objects "
+            "linked from slice to slice by overlap into 3D labels."
+        )
+        self.link_box = self._fraction(
+            defaults.link_min_iou, "Smallest overlap (IoU) of one object in neighbouring slices."
+        )
+        self.link_box.setEnabled(False)
+        self.scope_box.currentIndexChanged.connect(lambda index: self.link_box.setEnabled(index == 1))
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.progress_bar, 1)
+        form.addRow("points per side", self.points_box)
+        form.addRow("pred IoU threshold", self.iou_box)
+        form.addRow("stability threshold", self.stability_box)
+        form.addRow("min region area", self.area_box)
+        form.addRow("crop layers", self.crop_box)
+        form.addRow("stacks", self.scope_box)
+        form.addRow("link min IoU", self.link_box)
+        form.addRow(buttons)
+
+    @staticmethod
+    def _fraction(value: float, tip: str) -> QDoubleSpinBox:
+        box = QDoubleSpinBox()
+        box.setRange(0.0, 1.0)
+        box.setSingleStep(0.01)
+        box.setDecimals(2)
+        box.setValue(value)
+        box.setToolTip(tip)
+        return box
+
+    def settings(self) -> EverythingSettings:
+        return EverythingSettings(
+            points_per_side=self.points_box.value(),
+            pred_iou_thresh=self.iou_box.value(),
+            stability_score_thresh=self.stability_box.value(),
+            min_mask_region_area=self.area_box.value(),
+            crop_n_layers=self.crop_box.value(),
+            all_slices=self.scope_box.currentIndex() == 1,
+            link_min_iou=max(self.link_box.value(), 0.01),
+        )
+
+    # -- run and cancel ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Segment everything in the chosen image (shown plane or all slices) in a worker."""
+        host = self.host
+        if not host.idle:
+            show_warning("Busy: wait for the current job to finish (or cancel it).")
+            return
+        image = host.image_layer
+        if image is None:
+            show_warning("Segment everything: add or choose an image layer first.")
+            return
+        if host.predictor is None:
+            show_warning("Segment everything: load a model first ('Load model').")
+            return
+        if not host.layers:  # a SAM layer was removed: make them again, then embed
+            host._on_image_changed()
+            if not host.idle:
+                show_warning("Segment everything: preparing the image; press Run again when it is ready.")
+                return
+        settings = self.settings()
+        try:
+            self._generator = self.generator_factory(host.predictor, settings)
+        except (ValueError, RuntimeError, ImportError) as err:
+            show_error(f"Segment everything: {err}")
+            return
+        plane = L.current_plane(image, host.viewer)
+        if settings.all_slices and plane:
+            prefix = plane[:-1]  # link along the last slider, the others where they are
+            planes = [(*prefix, k) for k in range(L.spatial_shape(image)[len(prefix)])]
+        else:
+            prefix, planes = plane, [plane]
+        labels_layer = host.layers[L.LABELS]
+        overwrite = host.paint_over.isChecked()
+        generator, read = self._generator, host._plane_reader(image)
+        normalization, stop = host._normalization(image), self._stop.is_set
+        self._stop.clear()
+
+        def work():
+            return segment_planes(
+                generator, read, normalization, planes, self._report, stop, settings.link_min_iou
+            )
+
+        worker = thread_worker(work, ignore_errors=True)()
+        worker.returned.connect(lambda labels: self._on_result(labels, labels_layer, prefix, overwrite))
+        worker.finished.connect(self._on_done)
+        where = f"{len(planes)} slices" if len(planes) > 1 else f"plane {plane}" if plane else "the image"
+        host._set_status(f"Segmenting everything in {where} of '{image.name}' ...")
+        self._progress = progress(total=0, desc="Segment everything")
+        self.progress_bar.setRange(0, 0)  # busy until the first report
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        host._run(worker)
+
+    def cancel(self) -> None:
+        """Stop a running segment everything after its current point batch."""
+        if self._generator is not None:
+            self._stop.set()  # between slices too: generate() clears the generator's own flag
+            self._generator.cancel()
+            self.host._set_status("cancelling segment everything ...")
+
+    def _report(self, done: int, total: int) -> None:
+        # called in the worker: the signal carries it to the UI thread
+        self.progressed.emit(done, total)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(done)
+        if self._progress is not None:
+            self._progress.total = total
+            self._progress.update(done - self._progress.n)
+
+    def _on_result(self, labels, labels_layer, prefix: tuple, overwrite: bool) -> None:
+        self._stop.clear()  # finished: a late cancel changes nothing
+        if labels is None:
+            self.host._set_status("Segment everything cancelled; the labels are unchanged.")
+            return
+        if labels_layer not in self.host.viewer.layers:
+            show_warning(f"'{L.LABELS}' was removed while segmenting: the result is dropped.")
+            return
+        try:
+            first, last, undoable = paint_labels(labels_layer, labels, prefix, overwrite=overwrite)
+        except ValueError as err:
+            show_error(f"Segment everything: {err}")
+            return
+        if not first:
+            self.host._set_status("Segment everything found nothing new (try lower thresholds).")
+            return
+        count = last - first + 1
+        undo = "" if undoable else " (too large to undo)"
+        self.host._set_status(f"Segment everything: {count} objects, ids {first}-{last}{undo}.")
+
+    def _on_done(self) -> None:
+        if self._stop.is_set():  # no result came (the job was aborted): say so
+            self.host._set_status("Segment everything cancelled; the labels are unchanged.")
+        self._generator = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.progress_bar.setRange(0, max(self.progress_bar.maximum(), 1))
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
