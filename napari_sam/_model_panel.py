@@ -31,9 +31,16 @@ def load_predictor(choice: ModelChoice):
 
 
 def weights_hint(model_type: str) -> str:
-    """What the user needs to know about the official weights before loading them."""
-    from src_core.checkpoints import CHECKPOINTS, cached_checkpoint, checkpoint_path
+    """What the user needs to know about the weights before loading them."""
+    from src_core.checkpoints import CHECKPOINTS, EMBEDDED_MODEL, cached_checkpoint, checkpoint_path
 
+    if model_type == EMBEDDED_MODEL:
+        return (
+            f"{EMBEDDED_MODEL} is napari-sam's small built-in model (offline, a few MB), "
+            "trained by the project on synthetic microscopy-like images. It is not Meta's "
+            "SAM: for the official models choose vit_b/vit_l/vit_h (downloaded once, or "
+            "`napari-sam download vit_b`)."
+        )
     if cached_checkpoint(model_type) is not None:
         return f"Official {model_type} weights are cached: press Load model."
     info = CHECKPOINTS[model_type]
@@ -53,7 +60,11 @@ class ModelPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         self.model_box = QComboBox()
-        self.model_box.addItems(["vit_b", "vit_l", "vit_h"])
+        from src_core.checkpoints import EMBEDDED_MODEL, default_model_type
+
+        self.model_box.addItems([EMBEDDED_MODEL, "vit_b", "vit_l", "vit_h"])
+        # an official model already in the cache, else the built-in one
+        self.model_box.setCurrentText(default_model_type())
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("official weights (or a local .pth file)")
         browse = QPushButton("...")

@@ -10,26 +10,19 @@ cd "$ROOT"
 PY="$ROOT/.venv/bin/python"
 SAMPLE="${1:-nuclei_2d}"
 
-# Say plainly whether SAM has real weights to run with.
+# Say plainly which model the widget starts with.
 "$PY" - <<'PYEOF'
-from src_core.checkpoints import CHECKPOINTS, cached_checkpoint, checkpoint_path
+from src_core.checkpoints import EMBEDDED_MODEL, default_model_type
 
-found = cached_checkpoint("vit_b")
-if found is not None:
-    print(f"napari-sam: official SAM checkpoint vit_b is cached: {found}")
-else:
-    info = CHECKPOINTS["vit_b"]
+model = default_model_type()
+if model == EMBEDDED_MODEL:
     print(
-        "napari-sam: NO official SAM checkpoint is cached, so nothing can be\n"
-        "segmented yet (napari-sam never runs random weights). To get one\n"
-        f"({info.size / 1e6:.0f} MB), run:\n"
-        "    .venv/bin/napari-sam download vit_b\n"
-        "(or `napari-sam download vit_b` with .venv activated), or download\n"
-        f"    {info.url}\n"
-        "yourself and put the file at\n"
-        f"    {checkpoint_path('vit_b')}\n"
-        "(set NAPARI_SAM_CACHE to use another cache folder)."
+        f"napari-sam: no official SAM checkpoint is cached; using the built-in {model},\n"
+        "a small offline model trained by napari-sam on synthetic images (not Meta's SAM).\n"
+        "For the official model: .venv/bin/napari-sam download vit_b"
     )
+else:
+    print(f"napari-sam: using the cached official {model} checkpoint")
 PYEOF
 
 if [[ "$(uname -s)" == "Linux" && -z "${DISPLAY:-}" && -z "${WAYLAND_DISPLAY:-}" ]]; then
@@ -55,11 +48,9 @@ viewer.open_sample("napari-sam", sample)
 widgets = manifest.contributions.widgets or []
 if widgets:
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam", widgets[0].display_name)
-    from src_core.checkpoints import cached_checkpoint
-
     viewer.reset_view()
-    if cached_checkpoint("vit_b") is not None and hasattr(widget, "load_model"):
-        widget.load_model()  # cached official weights: no download, start right away
+    if hasattr(widget, "load_model"):
+        widget.load_model()  # the built-in or a cached official model: no download
 else:
     print("napari-sam: this version has no Segment Anything widget yet; "
           "only the sample data is available.")

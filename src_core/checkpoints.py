@@ -32,11 +32,14 @@ if TYPE_CHECKING:  # torch is imported when weights are loaded, not before
 __all__ = [
     "CHECKPOINTS",
     "CheckpointInfo",
+    "EMBEDDED_MODEL",
     "cache_dir",
     "cached_checkpoint",
     "checkpoint_info",
     "checkpoint_path",
+    "default_model_type",
     "download_checkpoint",
+    "embedded_checkpoint",
     "load_state_dict",
     "resolve_checkpoint",
     "sha256_file",
@@ -118,6 +121,35 @@ CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
         ),
     }
 )
+
+
+#: The model that ships inside the package (trained by napari-sam, see
+#: scripts/train_embedded.py): used when no official checkpoint is cached.
+EMBEDDED_MODEL = "vit_tiny"
+_EMBEDDED_FILE = Path(__file__).resolve().parent / "weights" / "sam_vit_tiny.pth"
+# official models in the order a default is picked from the cache (vit_b first:
+# on a CPU it is the one that answers a click interactively)
+_DEFAULT_ORDER = ("vit_b", "vit_l", "vit_h")
+
+
+def embedded_checkpoint() -> Path:
+    """The packaged weights of :data:`EMBEDDED_MODEL` (float16, a few MB)."""
+    if not _EMBEDDED_FILE.is_file():
+        raise FileNotFoundError(
+            f"the built-in {EMBEDDED_MODEL} weights are missing from the installation "
+            f"({_EMBEDDED_FILE}); reinstall napari-sam, or use an official model "
+            "(`napari-sam download vit_b`)"
+        )
+    return _EMBEDDED_FILE
+
+
+def default_model_type(cache: str | os.PathLike | None = None) -> str:
+    """The model to use when the user names none: the first official model found in
+    the cache (vit_b, vit_l, vit_h), else the built-in :data:`EMBEDDED_MODEL`."""
+    for name in _DEFAULT_ORDER:
+        if cached_checkpoint(name, cache) is not None:
+            return name
+    return EMBEDDED_MODEL
 
 
 def checkpoint_info(name_or_info: str | CheckpointInfo) -> CheckpointInfo:
@@ -474,6 +506,8 @@ def resolve_checkpoint(
             f"checkpoint {path} {what}. Pass the path of a SAM checkpoint file "
             f"(.pth), or leave it out to use the official {model_type} weights."
         )
+    if model_type == EMBEDDED_MODEL:
+        return embedded_checkpoint()
     info = checkpoint_info(model_type)
     found = cached_checkpoint(info, cache)
     if found is not None:

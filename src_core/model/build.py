@@ -39,9 +39,9 @@ MODEL_CONFIGS: Mapping[str, SamConfig] = MappingProxyType(
         "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
         "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
         # napari-sam's own small model (trained by the project, shipped in the
-        # package): a 256-pixel input with 8-pixel patches keeps the 32x32 token
-        # grid fine enough for small objects at a fraction of vit_b's cost.
-        "vit_tiny": SamConfig(192, 6, 3, (2, 5), image_size=256, patch_size=8, window_size=8),
+        # package): a 256-pixel input with SAM's 16-pixel patches, so its masks have
+        # the same resolution relative to the input as SAM's, at ~1/60 of vit_b's cost.
+        "vit_tiny": SamConfig(192, 6, 3, (2, 5), image_size=256, patch_size=16, window_size=8),
     }
 )
 
@@ -146,12 +146,14 @@ def build_sam(
     Parameters
     ----------
     model_type : str
-        "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package), or
-        "auto" to read it from ``checkpoint``.
+        "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package),
+        "vit_tiny" (napari-sam's small built-in model), or "auto" to read it from
+        ``checkpoint``.
     checkpoint : path, state dict or None
         A local checkpoint file (official or fine-tuned), an already loaded state dict,
         or None for the official file of ``model_type`` from the cache (downloaded,
-        verified, if missing and ``download`` is True).
+        verified, if missing and ``download`` is True); for "vit_tiny", the file
+        that ships in the package.
     device : str or torch.device or None
         None or "auto" picks cuda > mps > cpu.
     dtype : str or torch.dtype or None
@@ -167,7 +169,7 @@ def build_sam(
     Sam
         The model in eval mode on ``device``.
     """
-    from ..checkpoints import load_state_dict, resolve_checkpoint
+    from ..checkpoints import CHECKPOINTS, load_state_dict, resolve_checkpoint
 
     model_type = "vit_h" if model_type == "default" else model_type
     if model_type == "auto" and checkpoint is None:
@@ -194,7 +196,7 @@ def build_sam(
                 f"{describe_state_dict(state_dict)}"
             )
     if not isinstance(checkpoint, Mapping):
-        weights_id = _weights_id(model_type, path, official=checkpoint is None)
+        weights_id = _weights_id(model_type, path, official=checkpoint is None and model_type in CHECKPOINTS)
     sam = build_sam_from_config(MODEL_CONFIGS[model_type])
     load_weights(sam, state_dict, model_type, source)
     # names these weights for caches of their outputs (embeddings); None: don't cache

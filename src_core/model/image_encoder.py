@@ -134,19 +134,36 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act_layer)
         self.window_size = window_size
+        # stochastic depth rate for training (seed recipe: "drop path"); no weights,
+        # so checkpoints and inference are unaffected
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
+        if self.training and self.drop_path > 0:
+            return self._forward_drop_path(x)
+        x = x + self._branch_attention(x)
+        return x + self.mlp(self.norm2(x))
+
+    def _branch_attention(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x)
         if self.window_size > 0:
             height, width = x.shape[1], x.shape[2]
             x, padded_hw = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, padded_hw, (height, width))
-        else:
-            x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+            return window_unpartition(self.attn(x), self.window_size, padded_hw, (height, width))
+        return self.attn(x)
+
+    def _forward_drop_path(self, x: torch.Tensor) -> torch.Tensor:
+        """Training forward with stochastic depth: each residual branch is dropped
+        per sample with probability ``drop_path`` and rescaled when kept."""
+        keep = 1.0 - self.drop_path
+
+        def drop(branch: torch.Tensor) -> torch.Tensor:
+            shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+            mask = torch.empty(shape, device=branch.device, dtype=branch.dtype).bernoulli_(keep)
+            return branch * mask / keep
+
+        x = x + drop(self._branch_attention(x))
+        return x + drop(self.mlp(self.norm2(x)))
 
 
 class Attention(nn.Module):
@@ -196,7 +213,9 @@ class Attention(nn.Module):
         rel_h = rel_w = None
         if self.use_rel_pos:
             rel_h, rel_w = self._rel_pos_terms(q, height, width)
-        if x.device.type == "cpu":
+        # the blocked CPU path writes into a preallocated output, which autograd
+        # cannot differentiate: training (grad enabled) takes the SDPA path
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
             out = self._blocked_attention(q, k, v, rel_h, rel_w)
         else:
             out = self._sdpa_attention(q, k, v, rel_h, rel_w)

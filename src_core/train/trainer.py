@@ -1,0 +1,310 @@
+"""Fine-tuning (or training from scratch) with the seed's recipe.
+
+Recipe ("Training Details" of the seed): AdamW, a linear warm-up of 250 iterations,
+then step-wise learning-rate decay; lr 8e-4, weight decay 0.1, drop path and
+layer-wise learning-rate decay in the image encoder; masks covering more than 90%
+of an image dropped; up to 64 masks per image; optional large-scale jitter with a
+scale range of [0.1, 2.0]. Each sample is trained through SAM's interactive
+simulation (:mod:`.simulate`): a point or a noisy box first, then corrective clicks
+from the error region with the previous low-resolution logits as the mask prompt.
+
+Checkpoints: ``OUT`` holds the model alone, in the official key layout (loadable by
+:func:`src_core.build_sam` and by Meta's package); ``OUT.state`` holds what resuming
+needs (optimizer, step, random states). Both are written to a temporary file and
+renamed into place, so an interrupted save never replaces a good file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.sam import Sam
+from .data import TrainingSample, prepare_sample
+from .simulate import corrective_points, focal_dice_iou_loss, mask_iou, sample_boxes, sample_points
+
+__all__ = ["TrainConfig", "TrainingDiverged", "Trainer", "save_model"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved from the diverged state."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults are the seed's (ViT-H line) where it gives them."""
+
+    steps: int = 1000
+    batch_size: int = 4
+    masks_per_image: int = 64
+    lr: float = 8e-4
+    weight_decay: float = 0.1
+    warmup: int = 250
+    decay_at: tuple[float, ...] = (2 / 3, 8 / 9)
+    decay_factor: float = 0.1
+    layer_decay: float = 0.8
+    drop_path: float = 0.4
+    jitter: tuple[float, float] | None = None
+    max_area_fraction: float = 0.9
+    correction_rounds: int = 2
+    box_probability: float = 0.5
+    train_encoder: bool = True
+    train_prompt_encoder: bool = True
+    seed: int = 0
+    bf16: bool = False
+    checkpoint_every: int = 500
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based): warm-up, then step-wise decay."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        drops = sum(step >= int(f * self.steps) for f in self.decay_at)
+        return self.lr * self.decay_factor**drops
+
+
+def _layer_id(name: str, depth: int) -> int:
+    """Encoder depth of a parameter for layer-wise decay: patch embedding 0, block i
+    i + 1, everything after the blocks (neck, prompt encoder, decoder) depth + 1."""
+    if name.startswith("image_encoder.patch_embed") or name == "image_encoder.pos_embed":
+        return 0
+    if name.startswith("image_encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def parameter_groups(model: Sam, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: layer-wise lr scale, and no weight decay on norms, biases and
+    position tables."""
+    depth = len(model.image_encoder.blocks)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = _layer_id(name, depth)
+        decay = param.ndim >= 2 and "pos_embed" not in name and "rel_pos" not in name
+        key = (layer, decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr_scale": config.layer_decay ** (depth + 1 - layer),
+                "weight_decay": config.weight_decay if decay else 0.0,
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+class Trainer:
+    """Trains ``model`` on a source of (image, labels) pairs.
+
+    Use :meth:`run` (a generator of per-step records, so a GUI can show progress and
+    stop between steps) or :meth:`train` (runs to the end).
+    """
+
+    def __init__(self, model: Sam, source: Any, config: TrainConfig, output: str | os.PathLike | None = None) -> None:
+        if len(source) == 0:
+            raise ValueError("the training data is empty: give at least one image with labels")
+        self.model, self.source, self.config = model, source, config
+        self.output = Path(output) if output is not None else None
+        self.step = 0
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        for i, block in enumerate(model.image_encoder.blocks):
+            block.drop_path = config.drop_path * i / max(len(model.image_encoder.blocks) - 1, 1)
+        model.image_encoder.requires_grad_(config.train_encoder)
+        model.prompt_encoder.requires_grad_(config.train_prompt_encoder)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, config), lr=config.lr, betas=(0.9, 0.999)
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def save(self) -> None:
+        """Write the model (official layout) and the resume state, atomically."""
+        if self.output is None:
+            return
+        save_model(self.model, self.output)
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+        }
+        _atomic_save(state, Path(str(self.output) + ".state"))
+
+    def resume(self, state_path: str | os.PathLike | None = None) -> None:
+        """Continue from ``OUT`` and ``OUT.state`` (or the given state file)."""
+        from ..checkpoints import load_state_dict
+
+        if self.output is None and state_path is None:
+            raise ValueError("resume needs the output path of the interrupted run")
+        model_path = self.output
+        state_path = Path(state_path) if state_path else Path(str(model_path) + ".state")
+        if not state_path.exists() or model_path is None or not model_path.exists():
+            raise FileNotFoundError(
+                f"nothing to resume: {model_path} and {state_path} must both exist "
+                "(they are written every checkpoint_every steps)"
+            )
+        self.model.load_state_dict(load_state_dict(model_path), strict=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self, progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+        """Run all remaining steps; ``progress(step, steps, loss)`` after each."""
+        losses = []
+        for record in self.run():
+            losses.append(record["loss"])
+            if progress is not None:
+                progress(record["step"], self.config.steps, record["loss"])
+        return losses
+
+    def run(self) -> Iterator[dict[str, float]]:
+        """Yield ``{"step", "loss", "lr", "iou"}`` after every step; saves every
+        ``checkpoint_every`` steps and at the end."""
+        self.model.train()
+        try:
+            while self.step < self.config.steps:
+                record = self.train_step()
+                self.step += 1
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self.save()
+                yield record
+        finally:
+            self.model.eval()
+
+    def _next_samples(self) -> list[TrainingSample]:
+        samples: list[TrainingSample] = []
+        tries = 0
+        while len(samples) < self.config.batch_size:
+            tries += 1
+            if tries > 20 * self.config.batch_size:
+                raise ValueError(
+                    "no usable masks in the training data: every mask was empty or covered "
+                    f"more than {self.config.max_area_fraction:.0%} of its image"
+                )
+            image, labels = self.source[int(self.rng.integers(len(self.source)))]
+            sample = prepare_sample(
+                image, labels, self.model.image_encoder.img_size, self.rng,
+                self.config.masks_per_image, self.config.max_area_fraction, self.config.jitter,
+            )
+            if sample is not None:
+                samples.append(sample)
+        return samples
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on ``batch_size`` images; returns the loss and lr."""
+        config = self.config
+        lr = config.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        samples = self._next_samples()
+        device = self.model.device
+        images = torch.from_numpy(np.stack([s.image for s in samples])).to(device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+        with autocast:
+            embeddings = self.model.image_encoder(self.model.preprocess(images)).float()
+        total, ious = 0.0, []
+        loss_sum = torch.zeros((), device=device)
+        for embedding, sample in zip(embeddings, samples):
+            loss, iou = self._simulate(embedding[None], sample, autocast)
+            loss_sum = loss_sum + loss
+            ious.append(float(iou))
+        loss_sum = loss_sum / len(samples)
+        total = float(loss_sum.detach())
+        if not math.isfinite(total):
+            raise TrainingDiverged(
+                f"the loss became {total} at step {self.step}: training diverged. The last "
+                "checkpoint was kept; lower the learning rate (--lr) and resume or restart."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return {"step": self.step + 1, "loss": total, "lr": lr, "iou": float(np.mean(ious))}
+
+    def _decode(self, embedding, coords, labels, boxes, mask_input, multimask: bool):
+        model = self.model
+        points = None if coords is None else (coords, labels)
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        return low_res, iou
+
+    def _simulate(self, embedding, sample: TrainingSample, autocast):
+        """Interactive rounds on one image; the gradient flows through the last one.
+
+        The rounds before it (0 to ``correction_rounds``, at random) run without
+        gradient: they only produce the clicks and the mask prompt the trained
+        round starts from, which keeps the cost of a step at about one decoding
+        with gradient per mask.
+        """
+        config, rng = self.config, self.rng
+        device = embedding.device
+        size = self.model.image_encoder.img_size
+        truth_np = sample.masks
+        truth = torch.from_numpy(truth_np).to(device)
+        use_box = rng.random() < config.box_probability
+        boxes = torch.from_numpy(sample_boxes(truth_np, rng)).to(device) if use_box else None
+        coords = labels = None
+        if not use_box:
+            coords = torch.from_numpy(sample_points(truth_np, rng)).to(device)
+            labels = torch.ones(coords.shape[:2], device=device)
+        mask_input = None
+        rounds = int(rng.integers(0, config.correction_rounds + 1))
+        for _ in range(rounds):
+            with torch.no_grad(), autocast:
+                low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, coords is not None and coords.shape[1] == 1 and boxes is None)
+            low_res = low_res.float()
+            # carry on from the candidate closest to the truth
+            up = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+            actual = mask_iou(up, truth[:, None].expand_as(up))
+            best = actual.argmax(1)
+            chosen = low_res[torch.arange(len(best)), best][:, None]
+            pred = (up[torch.arange(len(best)), best] > 0).cpu().numpy()
+            new_xy, new_labels = corrective_points(pred, truth_np, rng)
+            new_xy_t = torch.from_numpy(new_xy).to(device)
+            new_labels_t = torch.from_numpy(new_labels).to(device)
+            coords = new_xy_t if coords is None else torch.cat([coords, new_xy_t], 1)
+            labels = new_labels_t if labels is None else torch.cat([labels, new_labels_t], 1)
+            mask_input = chosen.detach()
+        multimask = coords is not None and coords.shape[1] == 1 and boxes is None
+        with autocast:
+            low_res, iou_pred = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
+        logits = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+        loss, actual = focal_dice_iou_loss(logits, truth, iou_pred.float())
+        return loss, actual.max(1).values.mean()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_model(model: Sam, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Save ``model``'s weights as a plain state dict in the official key layout,
+    atomically; ``dtype`` (e.g. float16) shrinks floating-point tensors for shipping."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    _atomic_save(state, Path(path))
