@@ -532,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("model", metavar="MODEL", help="vit_b, vit_l or vit_h")
     download.add_argument("--url", default=None, help=argparse.SUPPRESS)  # mirrors, tests
     download.set_defaults(func=_cmd_download)
+
+    from .cli_label import add_label_parser  # here: cli_label imports this module
+
+    add_label_parser(sub)
+    from .cli_train import add_train_parser  # here: cli_train imports this module
+
+    add_train_parser(sub)
     return parser
 
 

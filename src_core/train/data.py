@@ -201,8 +201,6 @@ def prepare_sample(
     ids = ids[keep]
     if len(ids) == 0:
         return None
-    if len(ids) > max_masks:
-        ids = rng.choice(ids, max_masks, replace=False)
     scale = 1.0 if jitter is None else rng.uniform(*jitter)
     long_side = max(8, int(round(input_size * scale)))
     resized = resize_longest_side(rgb, long_side)
@@ -218,10 +216,13 @@ def prepare_sample(
     canvas[: resized.shape[0], : resized.shape[1]] = resized
     label_canvas = np.zeros((input_size, input_size), labels.dtype)
     label_canvas[: small.shape[0], : small.shape[1]] = small
-    masks = label_canvas[None] == np.asarray(ids).reshape(-1, 1, 1)
-    masks = masks[masks.reshape(len(masks), -1).sum(1) >= 4]
-    if len(masks) == 0:
+    # objects still at least 4 pixels big after resizing (and cropping)
+    ids = ids[np.bincount(label_canvas.ravel(), minlength=int(ids.max()) + 1)[ids] >= 4]
+    if len(ids) == 0:
         return None
+    if len(ids) > max_masks:
+        ids = rng.choice(ids, max_masks, replace=False)
+    masks = label_canvas[None] == np.asarray(ids).reshape(-1, 1, 1)
     return TrainingSample(image=canvas.transpose(2, 0, 1).copy(), masks=masks)
 
 

@@ -1,0 +1,308 @@
+"""Training: scenes, data sources, the interactive simulation, the recipe, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from src_core.model.build import MODEL_CONFIGS, SamConfig, build_sam, build_sam_from_config
+from src_core.train import trainer as trainer_module
+from src_core.train.data import ArrayPairs, FolderPairs, SceneStream, open_training_data, prepare_sample
+from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
+from src_core.train.scenes import SCENE_KINDS, make_scene
+from src_core.train.simulate import corrective_points, focal_dice_iou_loss, sample_boxes, sample_points
+from src_core.train.trainer import TrainConfig, Trainer, TrainingDiverged, parameter_groups
+
+# a very small SAM (same architecture) so that steps take a fraction of a second
+SMALL = SamConfig(64, 2, 2, (1,), image_size=128, patch_size=16, window_size=4)
+
+
+def small_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_sam_from_config(SMALL)
+
+
+def nuclei_pair(seed: int = 0, size: int = 96):
+    image, labels = make_scene(np.random.default_rng(seed), size, kind="nuclei")
+    return image, labels
+
+
+# -- scenes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SCENE_KINDS)
+def test_scenes_are_deterministic_and_labelled(kind):
+    a_img, a_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
+    b_img, b_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    assert a_img.shape[:2] == a_lab.shape == (96, 128)
+    ids = np.unique(a_lab)
+    assert ids[0] == 0 and len(ids) >= 2
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))  # relabelled 1..N
+    assert np.bincount(a_lab.ravel())[1:].min() >= 12  # no tiny leftovers
+
+
+def test_scenes_cover_output_types_and_reject_bad_arguments():
+    kinds = set()
+    for seed in range(30):
+        image, _ = make_scene(np.random.default_rng(seed), 64)
+        kinds.add((image.dtype.name, image.ndim))
+    assert ("uint16", 2) in kinds and ("float32", 2) in kinds and ("float32", 3) in kinds
+    with pytest.raises(ValueError, match="kind"):
+        make_scene(np.random.default_rng(0), 64, kind="galaxies")
+    with pytest.raises(ValueError, match="size"):
+        make_scene(np.random.default_rng(0), 16)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def test_prepare_sample_resizes_filters_and_limits_masks():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((100, 200), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[50:90, 100:180] = 2
+    labels[60:62, 20:22] = 3  # 4 pixels, 1 after resizing: dropped
+    image = labels.astype(np.float32)
+    sample = prepare_sample(image, labels, 128, rng)
+    assert sample.image.shape == (3, 128, 128) and sample.masks.shape == (2, 128, 128)
+    assert not sample.masks[:, 64:].any()  # 100 x 200 -> 64 x 128, padded below
+    assert prepare_sample(image, labels, 128, rng, max_masks=1).masks.shape[0] == 1
+    # a mask covering more than 90% of the image is dropped (seed's filter)
+    big = np.ones((50, 50), np.int32)
+    assert prepare_sample(big.astype(float), big, 128, rng) is None
+    jittered = prepare_sample(image, labels, 128, np.random.default_rng(1), jitter=(0.1, 2.0))
+    assert jittered is None or jittered.image.shape == (3, 128, 128)
+
+
+def test_folder_pairs_both_layouts(tmp_path):
+    image, labels = nuclei_pair()
+    (tmp_path / "a" / "images").mkdir(parents=True)
+    (tmp_path / "a" / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "a" / "images" / "x.tif", image)
+    tifffile.imwrite(tmp_path / "a" / "labels" / "x.tif", labels)
+    pairs = FolderPairs(tmp_path / "a")
+    assert len(pairs) == 1
+    np.testing.assert_array_equal(pairs[0][1], labels)
+    (tmp_path / "b").mkdir()
+    tifffile.imwrite(tmp_path / "b" / "cell.tif", image)
+    tifffile.imwrite(tmp_path / "b" / "cell_labels.tif", labels)
+    tifffile.imwrite(tmp_path / "b" / "lonely.tif", image)
+    assert [p[0].name for p in FolderPairs(tmp_path / "b").pairs] == ["cell.tif"]
+
+
+def test_bad_training_data_is_refused_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image/label pairs"):
+        FolderPairs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        open_training_data(tmp_path / "missing")
+    image, labels = nuclei_pair()
+    with pytest.raises(ValueError, match="size of the image"):
+        ArrayPairs(image, labels[:50])
+    with pytest.raises(ValueError, match="no objects"):
+        ArrayPairs(image, np.zeros_like(labels))
+    with pytest.raises(ValueError, match="integers"):
+        ArrayPairs(image, labels.astype(float))
+    (tmp_path / "m" / "images").mkdir(parents=True)
+    (tmp_path / "m" / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "m" / "images" / "x.tif", image)
+    with pytest.raises(ValueError, match="has no label image"):
+        FolderPairs(tmp_path / "m")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([image, image]))
+    with pytest.raises(ValueError, match="--labels"):
+        open_training_data(stack)
+    tifffile.imwrite(tmp_path / "lab.tif", np.stack([labels]))
+    with pytest.raises(ValueError, match="pair up"):
+        open_training_data(stack, tmp_path / "lab.tif")
+
+
+# -- simulation and loss ------------------------------------------------------------------
+
+
+def test_prompts_come_from_the_ground_truth():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 10:20, 30:50] = True
+    masks[1, 40:60, 5:15] = True
+    points = sample_points(masks, rng)
+    for mask, (x, y) in zip(masks, points[:, 0]):
+        assert mask[int(y), int(x)]
+    boxes = sample_boxes(masks, rng, noise=0.0)
+    np.testing.assert_array_equal(boxes, [[30, 10, 50, 20], [5, 40, 15, 60]])
+    # corrective clicks land on the error: a missed region gives a positive click
+    predicted = masks.copy()
+    predicted[0, 10:20, 40:50] = False  # missed the right half
+    predicted[1, 0:5, 0:5] = True  # included something outside
+    predicted[1, 40:60, 5:15] = True
+    coords, labels = corrective_points(predicted, masks, rng)
+    x, y = coords[0, 0]
+    assert 40 <= x < 50 and 10 <= y < 20 and labels[0, 0] == 1
+    error = predicted[1] != masks[1]
+    assert error[int(coords[1, 0, 1]), int(coords[1, 0, 0])] and labels[1, 0] == 0
+
+
+def test_loss_prefers_the_truth_and_trains_only_the_best_candidate():
+    truth = torch.zeros(1, 32, 32, dtype=torch.bool)
+    truth[0, 8:24, 8:24] = True
+    good = torch.where(truth, 10.0, -10.0)[:, None]
+    bad = -good
+    iou = torch.tensor([[1.0]])
+    low, actual = focal_dice_iou_loss(good, truth, iou)
+    high, _ = focal_dice_iou_loss(bad, truth, torch.tensor([[0.0]]))
+    assert low < 0.01 < high and actual.item() == 1.0
+    # with three candidates, a good one among bad ones gives the good one's mask loss
+    mixed, _ = focal_dice_iou_loss(torch.cat([bad, good, bad], 1), truth, torch.tensor([[0.0, 1.0, 0.0]]))
+    assert mixed < 0.01
+
+
+# -- recipe ---------------------------------------------------------------------------------
+
+
+def test_learning_rate_schedule_and_layer_decay():
+    config = TrainConfig(steps=900, lr=8e-4, warmup=250, decay_at=(2 / 3, 8 / 9), decay_factor=0.1)
+    assert config.lr_at(0) == pytest.approx(8e-4 / 250)
+    assert config.lr_at(249) == pytest.approx(8e-4)
+    assert config.lr_at(599) == pytest.approx(8e-4)
+    assert config.lr_at(600) == pytest.approx(8e-5)
+    assert config.lr_at(800) == pytest.approx(8e-6)
+    model = small_model()
+    groups = parameter_groups(model, TrainConfig(layer_decay=0.5, weight_decay=0.1))
+    scales = {}
+    for group in groups:
+        for p in group["params"]:
+            scales[id(p)] = (group["lr_scale"], group["weight_decay"])
+    depth = len(model.image_encoder.blocks)
+    assert scales[id(model.image_encoder.patch_embed.proj.weight)] == (0.5 ** (depth + 1), 0.1)
+    assert scales[id(model.image_encoder.blocks[0].attn.qkv.weight)] == (0.5**depth, 0.1)
+    assert scales[id(model.mask_decoder.iou_token.weight)] == (1.0, 0.1)
+    assert scales[id(model.image_encoder.blocks[0].norm1.weight)][1] == 0.0  # no decay on norms
+    assert scales[id(model.image_encoder.pos_embed)][1] == 0.0
+
+
+def test_drop_path_only_while_training():
+    model = small_model()
+    Trainer(model, ArrayPairs(*nuclei_pair()), TrainConfig(drop_path=0.4))
+    assert model.image_encoder.blocks[-1].drop_path == pytest.approx(0.4)
+    x = torch.randn(1, 3, 128, 128)
+    model.eval()
+    with torch.no_grad():
+        a, b = model.image_encoder(x), model.image_encoder(x)
+    torch.testing.assert_close(a, b)
+
+
+def _fixed_batch_loss(model, pair) -> float:
+    """Loss on one fixed sample with fixed prompts (no gradient)."""
+    trainer = Trainer(model, ArrayPairs(*pair), TrainConfig(batch_size=1, masks_per_image=8, correction_rounds=0, box_probability=1.0, drop_path=0.0, seed=123))
+    model.eval()
+    with torch.no_grad():
+        sample = trainer._next_samples()[0]
+        images = torch.from_numpy(sample.image[None])
+        embedding = model.image_encoder(model.preprocess(images))
+        loss, _ = trainer._simulate(embedding, sample, torch.autocast("cpu", enabled=False))
+    return float(loss)
+
+
+def test_a_short_run_lowers_the_loss_on_a_fixed_batch():
+    pair = nuclei_pair(seed=5)
+    model = small_model()
+    before = _fixed_batch_loss(model, pair)
+    config = TrainConfig(steps=25, batch_size=1, masks_per_image=8, lr=1e-3, warmup=2, drop_path=0.0, layer_decay=1.0, seed=1)
+    losses = Trainer(model, ArrayPairs(*pair), config).train()
+    assert len(losses) == 25 and all(np.isfinite(losses))
+    after = _fixed_batch_loss(model, pair)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    pair = nuclei_pair(seed=2)
+    config = dict(steps=6, batch_size=1, masks_per_image=4, lr=5e-4, warmup=2, drop_path=0.1, seed=7, checkpoint_every=3)
+    straight = small_model()
+    Trainer(straight, ArrayPairs(*pair), TrainConfig(**config)).train()
+
+    out = tmp_path / "model.pth"
+    first = small_model()
+    run = Trainer(first, ArrayPairs(*pair), TrainConfig(**config), output=out).run()
+    for _ in range(4):  # interrupted after step 4; the last save was at step 3
+        next(run)
+    run.close()
+    resumed = Trainer(small_model(seed=99), ArrayPairs(*pair), TrainConfig(**config), output=out)
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.train()
+    for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_checkpoint_is_in_the_official_layout(tmp_path):
+    out = tmp_path / "tiny.pth"
+    model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
+    config = TrainConfig(steps=1, batch_size=1, masks_per_image=2, drop_path=0.0, bf16=True)
+    Trainer(model, SceneStream(0, size=128), config, output=out).train()
+    state = torch.load(out, weights_only=True)
+    assert set(state) == set(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict())
+    loaded = build_sam("vit_tiny", checkpoint=out, device="cpu")
+    torch.testing.assert_close(loaded.state_dict()["mask_decoder.iou_token.weight"], model.state_dict()["mask_decoder.iou_token.weight"])
+
+
+def test_divergence_stops_without_replacing_the_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "model.pth"
+    pair = nuclei_pair()
+    config = TrainConfig(steps=4, batch_size=1, masks_per_image=2, checkpoint_every=1, drop_path=0.0)
+    trainer = Trainer(small_model(), ArrayPairs(*pair), config, output=out)
+    run = trainer.run()
+    next(run)
+    good = out.read_bytes()
+
+    def diverged(*args, **kwargs):
+        return torch.tensor(float("nan"), requires_grad=True), torch.zeros(1, 1)
+
+    monkeypatch.setattr(trainer_module, "focal_dice_iou_loss", diverged)
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        next(run)
+    assert out.read_bytes() == good
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_frozen_encoder_is_not_trained():
+    model = small_model()
+    before = model.image_encoder.blocks[0].attn.qkv.weight.clone()
+    config = TrainConfig(steps=2, batch_size=1, masks_per_image=2, train_encoder=False, warmup=1)
+    Trainer(model, ArrayPairs(*nuclei_pair()), config).train()
+    torch.testing.assert_close(model.image_encoder.blocks[0].attn.qkv.weight, before)
+
+
+# -- evaluation --------------------------------------------------------------------------
+
+
+def test_click_rules():
+    truth = np.zeros((40, 40), bool)
+    truth[5:35, 5:35] = True
+    assert interior_point(truth) == (19.0, 19.0) or interior_point(truth) == (20.0, 20.0)
+    predicted = truth.copy()
+    predicted[5:35, 20:35] = False  # the right half is missed
+    (x, y), label = next_click(predicted, truth)
+    assert label == 1 and x >= 20
+    predicted = truth.copy()
+    predicted[0:40, 36:40] = True  # an extra strip
+    (x, y), label = next_click(predicted, truth)
+    assert label == 0 and x >= 36
+
+
+def test_evaluate_prompts_with_a_perfect_predictor():
+    from standin_predictor import StandInPredictor
+
+    labels = np.zeros((80, 80), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[45:70, 40:75] = 2
+    image = (labels > 0).astype(np.float32)
+    scores = evaluate_prompts(StandInPredictor(), [(image, labels)], corrections=2)
+    assert scores.objects == 2
+    assert scores.point == pytest.approx(1.0) and scores.box == pytest.approx(1.0)
+    assert len(scores.clicks) == 3
+    with pytest.raises(ValueError, match="no objects"):
+        evaluate_prompts(StandInPredictor(), [(image, np.zeros_like(labels))])
