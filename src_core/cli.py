@@ -288,7 +288,7 @@ def _build_model(args: argparse.Namespace) -> Any:
 
     checkpoint: Any = args.checkpoint
     model = args.model
-    bar = _DownloadBar(f"downloading {model or 'vit_b'}")
+    bar = _DownloadBar(f"downloading {model or 'the model'}")
     try:
         if model is None and checkpoint is not None:
             # Infer the geometry from the file so that --model is only needed to override.
@@ -296,10 +296,10 @@ def _build_model(args: argparse.Namespace) -> Any:
             model = infer_model_type(checkpoint)
             if model is None:
                 raise UsageError(
-                    f"{args.checkpoint} does not look like a vit_b, vit_l or vit_h SAM "
+                    f"{args.checkpoint} does not look like a vit_b, vit_l, vit_h or vit_tiny SAM "
                     "checkpoint; pass --model if it is one"
                 )
-        model = model or "vit_b"
+        model = model or checkpoints.default_model_type()
         _status(f"loading the {model} model...")
         return build_sam(
             model, checkpoint, device=args.device, dtype=args.dtype,
@@ -411,12 +411,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
         else:
             cached = "no"
         rows.append((name, f"{info.size / 1e6:.0f} MB", cached, str(path)))
+    try:
+        embedded = checkpoints.embedded_checkpoint()
+        rows.append((checkpoints.EMBEDDED_MODEL, f"{embedded.stat().st_size / 1e6:.0f} MB", "built-in", str(embedded)))
+    except FileNotFoundError:
+        pass
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
     env = checkpoints._CACHE_ENV_VAR
     source = f"set by {env}" if os.environ.get(env) else f"set {env} to use another folder"
     print(f"\ncache folder: {checkpoints.cache_dir()} ({source})")
+    print(f"default model: {checkpoints.default_model_type()}")
     return 0
 
 
@@ -481,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--model", default=None, metavar="NAME",
-        help="vit_b, vit_l or vit_h (default: inferred from --checkpoint, else vit_b)",
+        help="vit_b, vit_l, vit_h or vit_tiny (default: inferred from --checkpoint, else a "
+        "cached official model, else the built-in vit_tiny)",
     )
     seg.add_argument(
         "--checkpoint", default=None, metavar="PATH",
@@ -552,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         if args.command is None:
             parser.print_help(sys.stderr)
-            raise UsageError("choose a command: segment, models or download")
+            raise UsageError("choose a command: segment, label, train, models or download")
         return args.func(args)
     except UsageError as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -52,7 +52,7 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="output folder (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="vit_b, vit_l, vit_h or vit_tiny (default: inferred from "
-                   "--checkpoint, else vit_b)")
+                   "--checkpoint, else a cached official model, else the built-in vit_tiny)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="local weights file (default: the official weights from the "
                    "cache, downloaded if missing)")
@@ -118,7 +118,7 @@ def _model_spec(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise UsageError(f"checkpoint {args.checkpoint} does not exist or is not a file")
         return ModelSpec(model or "auto", str(path), args.device, args.dtype)
-    model = model or "vit_b"
+    model = model or checkpoints.default_model_type()
     bar = _DownloadBar(f"downloading {model}")
     try:
         path = checkpoints.resolve_checkpoint(model, None, download=not args.no_download,

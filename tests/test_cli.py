@@ -205,7 +205,7 @@ def test_segment_offline_without_cached_weights(capsys, cache, gray_tif, tmp_pat
     info = CheckpointInfo("vit_b", url, 1000, "0" * 64)
     monkeypatch.setattr(checkpoints, "CHECKPOINTS", {"vit_b": info})
     out = tmp_path / "out.tif"
-    args = ["segment", gray_tif, "--box", "1,1,20,20", "--device", "cpu", "-o", out]
+    args = ["segment", gray_tif, "--model", "vit_b", "--box", "1,1,20,20", "--device", "cpu", "-o", out]
     code, _, err = run_cli(capsys, *args)
     assert_user_error(code, err, url, str(cache / "checkpoints" / VIT_B_FILE))
     code, _, err = run_cli(capsys, *args, "--no-download")
@@ -411,7 +411,7 @@ def test_checkpoint_of_another_geometry_is_explained(capsys, tiny_vit_b_checkpoi
     args = ["segment", gray_tif, "--box", "1,1,20,20", "--checkpoint", tiny_vit_b_checkpoint,
             "--device", "cpu", "-o", tmp_path / "out.tif"]
     code, _, err = run_cli(capsys, *args)
-    assert_user_error(code, err, "does not look like a vit_b, vit_l or vit_h", "--model")
+    assert_user_error(code, err, "does not look like a vit_b, vit_l, vit_h or vit_tiny", "--model")
     code, _, err = run_cli(capsys, *args, "--model", "vit_b")
     assert_user_error(code, err, "does not fit a 'vit_b' SAM model", "64 wide and 2 blocks deep")
     assert not (tmp_path / "out.tif").exists()

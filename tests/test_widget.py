@@ -367,6 +367,10 @@ def test_status_tells_where_official_weights_go(make_napari_viewer, monkeypatch,
 
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))
     w = SegmentAnythingWidget(make_napari_viewer())
+    # nothing cached: the built-in model is the default, and the widget says what it is
+    assert w.model_panel.model_box.currentText() == "vit_tiny"
+    assert "built-in" in w.status.text() and "not Meta's" in w.status.text()
+    w.model_panel.model_box.setCurrentText("vit_b")
     assert "sam_vit_b_01ec64.pth" in w.status.text() and str(tmp_path) in w.status.text()
 
 
