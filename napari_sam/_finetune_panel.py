@@ -1,0 +1,295 @@
+"""The "Fine-tune on my annotations" part of the dock widget.
+
+It trains a copy of the loaded model on the chosen image and a labels layer (every
+plane of a stack that has labels), with the seed's recipe (:mod:`src_core.train`),
+in one of the widget's jobs, with progress (loss) and cancel. The result is written
+as a checkpoint in the official layout and then loaded in place of the model, so the
+next clicks use it; the file can be loaded again later ("local weights file").
+
+The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+viewer, the predictor, the chosen image, its normalization and the job runner.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _layers as L
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What the panel asks of the trainer (the rest is the seed's recipe)."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    freeze_encoder: bool = True
+    masks_per_image: int = 16
+
+
+def default_output(image_name: str) -> Path:
+    """A new file under the napari-sam cache, named after the image and the time."""
+    from src_core.checkpoints import cache_dir
+
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in image_name) or "image"
+    return cache_dir() / "finetuned" / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.pth"
+
+
+def training_pairs(read_plane: Callable[[tuple], np.ndarray], normalization: dict, labels: np.ndarray,
+                   prefix_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The (image, labels) planes with at least one object, as uint8 RGB stacks.
+
+    ``labels`` has the image's spatial shape; ``prefix_shape`` is the shape of its
+    leading (z / t) axes, () for a 2D image. Raises ValueError when no plane has labels.
+    """
+    from src_core.preprocess import to_rgb
+
+    images, masks = [], []
+    for plane in np.ndindex(*prefix_shape):
+        plane_labels = np.asarray(labels[plane] if plane else labels)
+        if not plane_labels.any():
+            continue
+        rgb = to_rgb(read_plane(plane), **normalization)
+        images.append(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+        masks.append(plane_labels.astype(np.int32))
+    if not images:
+        raise ValueError("the labels layer has no objects: annotate a few first (commit some masks)")
+    return np.stack(images), np.stack(masks)
+
+
+def finetune(model, images: np.ndarray, labels: np.ndarray, settings: FinetuneSettings, output: Path,
+             report: Callable[[int, int, float], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Path | None:
+    """Train a copy of ``model`` and save it to ``output`` (runs in a worker; no Qt).
+
+    Returns ``output``, or None when stopped (nothing is written then: a half-trained
+    model never replaces anything).
+    """
+    from src_core.train.data import ArrayPairs
+    from src_core.train.trainer import TrainConfig, Trainer, save_model
+
+    source = ArrayPairs(images, labels)  # checks shapes and that there are objects
+    trainee = copy.deepcopy(model).float()
+    config = TrainConfig(
+        steps=settings.steps, batch_size=min(2, len(source)), masks_per_image=settings.masks_per_image,
+        lr=settings.lr, warmup=min(250, max(settings.steps // 10, 1)),
+        train_encoder=not settings.freeze_encoder, drop_path=0.1 if not settings.freeze_encoder else 0.0,
+        checkpoint_every=10**9,  # saved once, at the end, below
+    )
+    trainer = Trainer(trainee, source, config)
+    for record in trainer.run():
+        if report is not None:
+            report(int(record["step"]), config.steps, float(record["loss"]))
+        if should_stop is not None and should_stop():
+            return None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_model(trainee, output)
+    return output
+
+
+class FinetunePanel(QWidget):
+    """Labels layer, steps, learning rate, encoder frozen or not, output file, Run/Cancel."""
+
+    progressed = Signal(int, int, float)
+
+    def __init__(self, host) -> None:
+        super().__init__()
+        self.host = host
+        self._stop = threading.Event()
+        self._progress: progress | None = None
+        self._build_ui()
+        self.progressed.connect(self._on_progress)
+        host.viewer.layers.events.inserted.connect(self.refresh_labels)
+        host.viewer.layers.events.removed.connect(self.refresh_labels)
+
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Fine-tune on my annotations")
+        outer.addWidget(box)
+        form = QFormLayout(box)
+        defaults = FinetuneSettings()
+        self.labels_box = QComboBox()
+        self.labels_box.setToolTip("Instance labels of the chosen image to train on (default: SAM labels).")
+        self.labels_box.showPopup = self._popup_with_fresh_layers(self.labels_box.showPopup)
+        self.steps_box = QSpinBox()
+        self.steps_box.setRange(1, 100_000)
+        self.steps_box.setValue(defaults.steps)
+        self.lr_box = QDoubleSpinBox()
+        self.lr_box.setDecimals(6)
+        self.lr_box.setRange(1e-6, 1e-2)
+        self.lr_box.setSingleStep(1e-5)
+        self.lr_box.setValue(defaults.lr)
+        self.freeze_box = QCheckBox("image encoder frozen (fast; decoder only)")
+        self.freeze_box.setChecked(defaults.freeze_encoder)
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("default: a new file under the napari-sam cache")
+        self.run_button = QPushButton("Fine-tune")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.progress_bar, 1)
+        form.addRow("labels", self.labels_box)
+        form.addRow("steps", self.steps_box)
+        form.addRow("learning rate", self.lr_box)
+        form.addRow(self.freeze_box)
+        form.addRow("save to", self.output_edit)
+        form.addRow(buttons)
+        self.refresh_labels()
+
+    def _popup_with_fresh_layers(self, show):
+        def popup() -> None:
+            self.refresh_labels()
+            show()
+
+        return popup
+
+    def refresh_labels(self, event=None) -> None:
+        """List the viewer's Labels layers, keeping the choice (SAM labels first)."""
+        from napari.layers import Labels
+
+        current = self.labels_box.currentText()
+        names = [layer.name for layer in self.host.viewer.layers if isinstance(layer, Labels)]
+        names.sort(key=lambda name: name != L.LABELS)
+        self.labels_box.blockSignals(True)
+        self.labels_box.clear()
+        self.labels_box.addItems(names)
+        if current in names:
+            self.labels_box.setCurrentText(current)
+        self.labels_box.blockSignals(False)
+
+    def settings(self) -> FinetuneSettings:
+        return FinetuneSettings(
+            steps=self.steps_box.value(), lr=self.lr_box.value(), freeze_encoder=self.freeze_box.isChecked()
+        )
+
+    # -- run and cancel ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Fine-tune a copy of the loaded model on the chosen image and labels, in a worker."""
+        host = self.host
+        if not host.idle:
+            show_warning("Busy: wait for the current job to finish (or cancel it).")
+            return
+        image = host.image_layer
+        model = getattr(host.predictor, "model", None)
+        if image is None:
+            show_warning("Fine-tune: add or choose an image layer first.")
+            return
+        if model is None:
+            show_warning("Fine-tune: load a model first ('Load model'); it is the starting point.")
+            return
+        self.refresh_labels()
+        name = self.labels_box.currentText()
+        if not name or name not in host.viewer.layers:
+            show_warning("Fine-tune: there is no labels layer; commit a few objects first.")
+            return
+        labels = host.viewer.layers[name].data
+        spatial = L.spatial_shape(image)
+        if tuple(labels.shape) != tuple(spatial):
+            show_error(
+                f"Fine-tune: '{name}' has shape {tuple(labels.shape)} but the image '{image.name}' has "
+                f"{tuple(spatial)}: choose the labels of this image."
+            )
+            return
+        output = Path(self.output_edit.text()).expanduser() if self.output_edit.text().strip() else None
+        if output is not None and output.is_dir():
+            show_error(f"Fine-tune: {output} is a folder; give the .pth file to write.")
+            return
+        output = output or default_output(image.name)
+        try:
+            images, masks = training_pairs(
+                host._plane_reader(image), host._normalization(image), labels, tuple(spatial[:-2])
+            )
+        except ValueError as err:
+            show_error(f"Fine-tune: {err}")
+            return
+        settings, device, dtype = self.settings(), model.device, model.encoder_dtype
+        self._stop.clear()
+
+        def work():
+            path = finetune(model, images, masks, settings, output, self._report, self._stop.is_set)
+            if path is None:
+                return None
+            from src_core import SamPredictor, build_sam
+
+            return SamPredictor(build_sam("auto", checkpoint=path, device=device, dtype=dtype))
+
+        worker = thread_worker(work, ignore_errors=True)()
+        worker.returned.connect(lambda predictor: self._on_result(predictor, output))
+        worker.finished.connect(self._on_done)
+        host._set_status(
+            f"Fine-tuning on {len(images)} plane(s) of '{image.name}' with '{name}' for {settings.steps} steps ..."
+        )
+        self._progress = progress(total=settings.steps, desc="Fine-tune")
+        self.progress_bar.setRange(0, settings.steps)
+        self.progress_bar.setValue(0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        host._run(worker)
+
+    def cancel(self) -> None:
+        """Stop after the current step; nothing is written and the model is unchanged."""
+        if not self.run_button.isEnabled():
+            self._stop.set()
+            self.host._set_status("cancelling fine-tuning ...")
+
+    def _report(self, step: int, total: int, loss: float) -> None:
+        self.progressed.emit(step, total, loss)  # from the worker to the UI thread
+
+    def _on_progress(self, step: int, total: int, loss: float) -> None:
+        self.progress_bar.setValue(step)
+        self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}")
+        if self._progress is not None:
+            self._progress.set_description(f"Fine-tune (loss {loss:.3f})")
+            self._progress.update(step - self._progress.n)
+
+    def _on_result(self, predictor, output: Path) -> None:
+        if predictor is None:
+            self.host._set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
+            return
+        # the message outlives the status line, which the re-embedding overwrites
+        show_info(f"Fine-tuned model saved to {output} and in use. Load it later as a local weights file.")
+        self.host.set_predictor(predictor, f"fine-tuned model ({output})")
+
+    def _on_done(self) -> None:
+        if self._stop.is_set():  # no result came (the job was aborted): say so
+            self._stop.clear()
+            self.host._set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
