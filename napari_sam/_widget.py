@@ -22,6 +22,7 @@ from . import _layers as L
 from ._everything_panel import EverythingPanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
+from ._track_panel import TrackPanel
 
 KEYS = (
     ("click", "add an object point (Points layer in add mode)"),
@@ -106,6 +107,8 @@ class SegmentAnythingWidget(QWidget):
         layout.addLayout(stack_buttons)
         self.everything = EverythingPanel(self)  # uses this widget's predictor, layers and jobs
         layout.addWidget(self.everything)
+        self.track = TrackPanel(self)  # propagates prompted objects through a video or stack
+        layout.addWidget(self.track)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)

@@ -1,0 +1,175 @@
+"""The Track panel's layer contract: napari layers <-> tracking prompts and results, no Qt.
+
+Layers (names are part of the contract, documented in README):
+
+- "SAM track prompts" (Points, (T, Y, X)): clicks; feature ``obj_id`` (the object,
+  >= 1) and ``label`` (1 object, 0 background). Filled with the object's colour in
+  "SAM tracks"; background points have a red border.
+- "SAM track boxes" (Shapes, (T, Y, X)): rectangles; feature ``obj_id``.
+- "SAM tracks" (Labels, (T, Y, X)): the tracked objects, label value = object id.
+- "SAM trajectories" (Tracks): centroids per object over time (time stacks only).
+
+The first axis is time (a video or a (T, Y, X[, C]) stack) or z (a volume): the
+engine does not care, the panel only chooses the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from src_core.prompts import box_from_corners_rc, rc_to_xy
+from src_core.propagate import KEY, ObjectPrompt, prompts_from_labels, table_from_labels
+
+from . import _layers as L
+
+PROMPTS = "SAM track prompts"
+BOXES = "SAM track boxes"
+TRACKS = "SAM tracks"
+TRAJECTORIES = "SAM trajectories"
+BACKGROUND_BORDER = "red"
+OBJECT_BORDER = "white"
+
+
+def check_stack(image_layer) -> tuple[int, int, int]:
+    """``(n, H, W)`` of an image that can be tracked through, else ValueError saying why."""
+    shape = L.spatial_shape(image_layer)
+    if len(shape) != 3:
+        raise ValueError(
+            f"'{image_layer.name}' has spatial shape {shape}: tracking needs a video or a "
+            "(T, Y, X) / (Z, Y, X) stack (RGB or one channel), the tracked axis first"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def ensure_track_layers(viewer, image_layer) -> dict:
+    """Create (or reuse, when they fit the image) the track layers except the Tracks one."""
+    shape = check_stack(image_layer)
+    geometry = {"scale": tuple(image_layer.scale)[:3], "translate": tuple(image_layer.translate)[:3]}
+    existing = {layer.name: layer for layer in viewer.layers}
+    layers = {}
+    labels = existing.get(TRACKS)
+    if labels is None or tuple(labels.data.shape) != shape:
+        labels = viewer.add_labels(np.zeros(shape, np.int32), name=TRACKS, opacity=0.55, **geometry)
+    layers[TRACKS] = labels
+    size = max(3.0, 0.03 * max(shape[-2:]))
+    points = existing.get(PROMPTS)
+    if points is None or points.ndim != 3 or "obj_id" not in points.features:
+        points = viewer.add_points(
+            np.zeros((0, 3)),
+            name=PROMPTS,
+            features={"obj_id": np.zeros(0, int), "label": np.zeros(0, int)},
+            feature_defaults={"obj_id": 1, "label": 1},
+            face_color=object_color(labels, 1),
+            border_color=OBJECT_BORDER,
+            border_width=0.15,
+            size=size,
+            **geometry,
+        )
+    layers[PROMPTS] = points
+    boxes = existing.get(BOXES)
+    if boxes is None or boxes.ndim != 3 or "obj_id" not in boxes.features:
+        boxes = viewer.add_shapes(
+            name=BOXES,
+            ndim=3,
+            features={"obj_id": np.zeros(0, int)},
+            feature_defaults={"obj_id": 1},
+            edge_color=object_color(labels, 1),
+            face_color="transparent",
+            edge_width=max(1.0, 0.008 * max(shape[-2:])),
+            **geometry,
+        )
+    layers[BOXES] = boxes
+    return layers
+
+
+def object_color(labels_layer, obj_id: int) -> np.ndarray:
+    """The RGBA colour object ``obj_id`` has in ``labels_layer``."""
+    return np.asarray(labels_layer.get_color(int(obj_id)), dtype=float)
+
+
+def _ids(layer) -> np.ndarray:
+    if not len(layer.data):
+        return np.zeros(0, int)
+    return np.asarray(layer.features["obj_id"], dtype=float).astype(int)
+
+
+def color_prompts(points_layer, boxes_layer, labels_layer) -> None:
+    """Paint every prompt in its object's colour (background clicks get a red border)."""
+    ids = _ids(points_layer)
+    if len(ids):
+        labels = np.asarray(points_layer.features["label"], dtype=int)
+        points_layer.face_color = np.stack([object_color(labels_layer, i) for i in ids])
+        points_layer.border_color = [OBJECT_BORDER if v == 1 else BACKGROUND_BORDER for v in labels]
+    ids = _ids(boxes_layer)
+    if len(ids):
+        boxes_layer.edge_color = np.stack([object_color(labels_layer, i) for i in ids])
+
+
+def largest_id(points_layer, boxes_layer, labels_layer) -> int:
+    """The largest object id in use in the prompts and the tracks (0 if none)."""
+    found = [0, int(np.asarray(labels_layer.data).max(initial=0))]
+    for layer in (points_layer, boxes_layer):
+        ids = _ids(layer)
+        if len(ids):
+            found.append(int(ids.max()))
+    return max(found)
+
+
+def collect_track_prompts(
+    points_layer, boxes_layer, labels_layer, key_frames: Iterable[int] = ()
+) -> list[ObjectPrompt]:
+    """The objects prompted in the layers, one :class:`ObjectPrompt` per frame and object.
+
+    Clicks and boxes of one object on one frame make one prompt (the last box drawn
+    wins). On ``key_frames`` (frames the user corrected) every object in "SAM tracks"
+    becomes a mask prompt, which replaces that object's clicks on that frame.
+    Raises ValueError (from :class:`ObjectPrompt`) for an object without a positive
+    click, box or mask.
+    """
+    grouped: dict[tuple[int, int], dict] = {}
+    data = np.asarray(points_layer.data, dtype=float).reshape(-1, 3)
+    if len(data):
+        ids = _ids(points_layer)
+        labels = np.asarray(points_layer.features["label"], dtype=int)
+        for row, obj_id, label in zip(data, ids, labels):
+            entry = grouped.setdefault((int(round(row[0])), int(obj_id)), {"points": [], "labels": []})
+            entry["points"].append(rc_to_xy(row[1:])[0])
+            entry["labels"].append(int(label))
+    for shape_type, corners, obj_id in zip(boxes_layer.shape_type, boxes_layer.data, _ids(boxes_layer)):
+        if shape_type != "rectangle":
+            continue
+        corners = np.asarray(corners, dtype=float)
+        entry = grouped.setdefault((int(round(corners[0, 0])), int(obj_id)), {"points": [], "labels": []})
+        entry["box"] = box_from_corners_rc(corners[:, 1:])
+    prompts = {}
+    for (frame, obj_id), entry in grouped.items():
+        prompts[frame, obj_id] = ObjectPrompt(
+            frame=frame,
+            obj_id=obj_id,
+            points=np.reshape(entry["points"], (-1, 2)),
+            labels=np.asarray(entry["labels"], int),
+            box=entry.get("box"),
+        )
+    for frame in sorted(set(key_frames)):
+        for p in prompts_from_labels(np.asarray(labels_layer.data[frame]), frame, key=True):
+            prompts[frame, p.obj_id] = p
+    return [prompts[k] for k in sorted(prompts)]
+
+
+def merge_key_frames(table: np.ndarray, labels, key_frames: Iterable[int]) -> np.ndarray:
+    """``table`` with the rows of ``key_frames`` measured again from ``labels`` (status key).
+
+    The user may have edited those frames after the last run: the labels are the truth.
+    """
+    keys = sorted(set(key_frames))
+    if not keys:
+        return table
+    parts = [table[~np.isin(table["frame"], keys)]] if len(table) else []
+    parts += [table_from_labels(labels, f, f + 1, status=KEY) for f in keys]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return table
+    merged = np.concatenate(parts)
+    return merged[np.lexsort((merged["id"], merged["frame"]))]
