@@ -31,12 +31,16 @@ class MotionModel:
         self.smoothing = float(smoothing)
         self.decay = float(decay)
         self.position: np.ndarray | None = None
+        #: Where the whole object is thought to be: the centroid when it was seen
+        #: whole, carried on by the velocity while only part of it was visible.
+        self.body_position: np.ndarray | None = None
         self.velocity = np.zeros(2)
         self._seen = 0
 
     def reset(self, position: tuple[float, float]) -> None:
         """Start again at ``position`` (x, y) with no velocity (e.g. on a key frame)."""
         self.position = np.asarray(position, dtype=float)
+        self.body_position = self.position.copy()
         self.velocity = np.zeros(2)
         self._seen = 1
 
@@ -49,6 +53,10 @@ class MotionModel:
         """
         position = np.asarray(position, dtype=float)
         if self.position is None or self.smoothing == 0.0 or not steady:
+            if self.body_position is None or self.smoothing == 0.0:
+                self.body_position = position
+            else:
+                self.body_position = self.body_position + self.velocity * max(frames, 1)
             self.position = position
             self._seen += 1
             return
@@ -57,6 +65,7 @@ class MotionModel:
         weight = 1.0 if self._seen == 1 else self.smoothing
         self.velocity = weight * step + (1.0 - weight) * self.velocity
         self.position = position
+        self.body_position = position
         self._seen += 1
 
     def displacement(self, frames: int = 1, lost: bool = False) -> np.ndarray:
@@ -70,6 +79,19 @@ class MotionModel:
             return self.velocity * frames
         steps = (1.0 - self.decay**frames) / (1.0 - self.decay) if self.decay < 1.0 else frames
         return self.velocity * steps
+
+    def search_span(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two guesses of where a lost object is after ``frames`` frames.
+
+        The slowing prediction of :meth:`predict` (``lost=True``) from the last
+        centroid seen, and the whole body carried on at constant velocity (an
+        animal that went behind something comes out where it was heading).
+        A search should cover both.
+        """
+        if self.position is None:
+            raise RuntimeError("MotionModel.search_span needs an observed position first")
+        body = self.body_position if self.body_position is not None else self.position
+        return self.predict(frames, lost=True), body + self.velocity * max(frames, 0)
 
     def predict(self, frames: int = 1, lost: bool = False) -> np.ndarray:
         """Predicted (x, y) after ``frames`` frames (see :meth:`displacement`)."""

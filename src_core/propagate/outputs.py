@@ -119,7 +119,7 @@ class TrackingWriter:
                 raise FileNotFoundError(f"Cannot write {path}: folder {path.parent} does not exist.")
         if self.table_csv is not None:
             if resume and self.table_csv.is_file():
-                self._chunks.append(read_table(self.table_csv))
+                read_table(self.table_csv)  # raises if it is not a track table
                 self._file = open(self.table_csv, "a", newline="", encoding="utf-8")
             else:
                 self._file = open(self.table_csv, "w", newline="", encoding="utf-8")
@@ -134,16 +134,26 @@ class TrackingWriter:
         rows = result_rows(result)
         if not rows:
             return
-        self._chunks.append(np.array(rows, dtype=_TABLE_DTYPE))
         if self._file is not None:
+            # on disk only: memory stays the same however long the video
             self._csv.writerows(_format_row(r) for r in rows)
             self._file.flush()
+            return
+        self._chunks.append(np.array(rows, dtype=_TABLE_DTYPE))
         if len(self._chunks) > 256:  # keep the row buffer compact
             self._chunks = [np.concatenate(self._chunks)]
 
     @property
     def table(self) -> np.ndarray:
-        """All rows so far as a structured array, one per (frame, id) (the last written wins)."""
+        """All rows so far as a structured array, one per (frame, id) (the last written wins).
+
+        With a ``table_csv`` the rows are read back from the file (they are not
+        kept in memory).
+        """
+        if self.table_csv is not None and self.table_csv.is_file():
+            if self._file is not None:
+                self._file.flush()
+            return _dedupe(read_table(self.table_csv))
         return _dedupe(np.concatenate(self._chunks) if self._chunks else np.zeros(0, _TABLE_DTYPE))
 
     @property
@@ -153,11 +163,13 @@ class TrackingWriter:
 
     def close(self) -> tuple[np.ndarray, dict[int, list[int]]]:
         """Finish the files; return napari Tracks ``(data, graph)`` (see :func:`tracks_data`)."""
-        table = self.table
         if self._file is not None:
             self._file.close()
             self._file = None
+            table = self.table
             write_table(self.table_csv, table)
+        else:
+            table = self.table
         if self.trajectories_csv is not None:
             write_trajectories(self.trajectories_csv, table, self.n_frames)
         return tracks_data(table)

@@ -115,6 +115,8 @@ def judge(
         limit = qc.refind_area_change if searching else qc.max_area_change
         ratio = kept_area / reference_area
         smallest = min(0.1, 1.0 / limit) if at_border else 1.0 / limit
+        if searching:  # coming back into sight (from behind something): part of it is enough
+            smallest = min(smallest, 0.2)
         if ratio > limit or ratio < smallest:
             return f"area changed x{ratio:.2f}"
     return ""

@@ -181,13 +181,15 @@ class TrackState:
     def search_box(self, image_shape: tuple[int, int]) -> np.ndarray:
         """A square around the predicted position, growing with every frame lost."""
         h, w = image_shape
-        cx, cy = self.motion.predict(self.lost_for + 1, lost=True)
-        cx, cy = min(max(cx, 0.0), float(w)), min(max(cy, 0.0), float(h))
+        guesses = np.array(self.motion.search_span(self.lost_for + 1))
+        guesses[:, 0] = guesses[:, 0].clip(0.0, float(w))
+        guesses[:, 1] = guesses[:, 1].clip(0.0, float(h))
+        (x0, y0), (x1, y1) = guesses.min(axis=0), guesses.max(axis=0)
         # the last mask may be a sliver (the object was going out of sight): use its usual size
         side = max(max(self.stats.size), self.typical_size)
         growth = 1.0 + 2.0 * self.recipe.box_margin + 0.15 * min(self.lost_for, 20)
         half = 0.5 * side * growth
-        return clip_box(np.array([cx - half, cy - half, cx + half, cy + half]), image_shape,
+        return clip_box(np.array([x0 - half, y0 - half, x1 + half, y1 + half]), image_shape,
                         min_size=min(2 * half, 8.0))
 
     def search_prompt(self, image_shape: tuple[int, int], negatives: list[np.ndarray]) -> dict[str, Any]:
