@@ -43,7 +43,8 @@ class TrackingScores:
     mean_j : float
         Mean of ``j`` over the ground-truth objects.
     id_switches, misses, false_positives, matches, gt_count, pred_count : int
-        CLEAR-MOT counts, summed over frames.
+        CLEAR-MOT counts, summed over frames (``matches`` includes the
+        switches; py-motmetrics' ``num_matches`` counts them apart).
     mota, idf1 : float
     pairing : dict of int to int
         Ground-truth id -> predicted id of the IDF1 pairing.
