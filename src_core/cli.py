@@ -546,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_train import add_train_parser  # here: cli_train imports this module
 
     add_train_parser(sub)
+    from .cli_track import add_track_parser  # here: cli_track imports this module
+
+    add_track_parser(sub)
     return parser
 
 
