@@ -8,6 +8,11 @@ there, as one undoable edit, so point and box commits can correct it afterwards.
 
 The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
 viewer, the predictor, the chosen image, the SAM layers and the job runner.
+
+Planes that are large for the model (:func:`~src_core.tiling.tiling_plan`) are
+segmented tile by tile with :func:`~src_core.tiling.generate_tiled` (progress counts
+tiles), read lazily from the layer, and painted into "SAM labels" by each object's
+crop, so no full-size mask or float copy of the plane is made.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from qtpy.QtWidgets import (
 from src_core.automatic.generator import GenerationCancelled
 
 from . import _layers as L
+from . import _tiled as T
 
 SCOPES = ("current plane", "all slices (3D, linked)")
 # larger writes skip napari's undo history, whose index arrays would cost ~25 bytes a pixel
@@ -114,6 +120,28 @@ def segment_planes(
     if len(slices) == 1:
         return slices[0]
     return link_slices(np.stack(slices), min_iou=link_min_iou)
+
+
+def segment_large_plane(
+    generator,
+    source,
+    normalization: dict,
+    plan: tuple[int, int],
+    report: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict] | None:
+    """Records (``output_mode="crop"``) of a large plane, tile by tile (runs in a worker;
+    no Qt). ``report(done, total)`` counts tiles; None when cancelled."""
+    from src_core.tiling import generate_tiled
+
+    tile_size, overlap = plan
+    try:
+        return generate_tiled(
+            generator, source, tile_size, overlap, output_mode="crop",
+            progress=report, should_stop=should_stop, **normalization,
+        )
+    except GenerationCancelled:
+        return None
 
 
 def paint_labels(
@@ -266,12 +294,20 @@ class EverythingPanel(QWidget):
                 show_warning("Segment everything: preparing the image; press Run again when it is ready.")
                 return
         settings = self.settings()
+        plan = T.plan_for(image, host.predictor)
+        plane = L.current_plane(image, host.viewer)
+        if plan is not None and settings.all_slices and plane:
+            show_error(
+                f"Segment everything: the planes of '{image.name}' are large, so they are "
+                "segmented tile by tile, and linking all slices into 3D is not available for "
+                "them. Run it on the current plane (one slice at a time)."
+            )
+            return
         try:
             self._generator = self.generator_factory(host.predictor, settings)
         except (ValueError, RuntimeError, ImportError) as err:
             show_error(f"Segment everything: {err}")
             return
-        plane = L.current_plane(image, host.viewer)
         if settings.all_slices and plane:
             prefix = plane[:-1]  # link along the last slider, the others where they are
             planes = [(*prefix, k) for k in range(L.spatial_shape(image)[len(prefix)])]
@@ -283,10 +319,18 @@ class EverythingPanel(QWidget):
         normalization, stop = host._normalization(image), self._stop.is_set
         self._stop.clear()
 
-        def work():
-            return segment_planes(
-                generator, read, normalization, planes, self._report, stop, settings.link_min_iou
-            )
+        if plan is not None:
+            source = T.lazy_plane([image, *host.channel_layers()], plane)
+
+            def work():
+                return segment_large_plane(generator, source, normalization, plan, self._report, stop)
+
+        else:
+
+            def work():
+                return segment_planes(
+                    generator, read, normalization, planes, self._report, stop, settings.link_min_iou
+                )
 
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda labels: self._on_result(labels, labels_layer, prefix, overwrite))
@@ -326,7 +370,12 @@ class EverythingPanel(QWidget):
             show_warning(f"'{L.LABELS}' was removed while segmenting: the result is dropped.")
             return
         try:
-            first, last, undoable = paint_labels(labels_layer, labels, prefix, overwrite=overwrite)
+            if isinstance(labels, list):  # records of a large plane, segmented tile by tile
+                first, last, undoable = T.paint_records(
+                    labels_layer, labels, prefix, overwrite=overwrite, undo_limit=UNDO_LIMIT
+                )
+            else:
+                first, last, undoable = paint_labels(labels_layer, labels, prefix, overwrite=overwrite)
         except ValueError as err:
             show_error(f"Segment everything: {err}")
             return

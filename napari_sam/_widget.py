@@ -17,8 +17,10 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
+from src_core.tiling import TiledCandidates, TiledObjectSegmenter
 
 from . import _layers as L
+from . import _tiled as T
 from ._everything_panel import EverythingPanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
@@ -33,8 +35,6 @@ KEYS = (
     ("Q", "discard the current object's prompts"),
     ("Ctrl+Z", "undo a commit (with 'SAM labels' selected)"),
 )
-# planes above this many pixels are refused rather than risking running out of memory
-MAX_PIXELS = 100_000_000
 
 
 class EmbeddingNotStored(Exception):
@@ -56,6 +56,7 @@ class SegmentAnythingWidget(QWidget):
         self._worker = None
         self._decode_pending = False
         self._preview_plane: tuple | None = None
+        self._preview_region: tuple | None = None  # the box painted in a large (tiled) plane
         self._negative_once = False
         self._connected: set[int] = set()  # prompt layers whose events we listen to
         self._build_ui()
@@ -321,20 +322,13 @@ class SegmentAnythingWidget(QWidget):
             return  # _on_finished comes back here
         image = self.image_layer
         plane = key[1]
-        height, width = L.spatial_shape(image)[-2:]
-        pixels = height * width
-        if pixels > MAX_PIXELS:
-            show_error(
-                f"'{image.name}' has {pixels / 1e6:.0f} Mpx per plane: too large to embed "
-                "whole until tiling lands. Crop it (e.g. a napari layer of a region) first."
-            )
-            return
-        if max(height, width) > 4096:
-            show_warning(
-                f"'{image.name}' is {width}x{height} px: SAM sees it scaled down "
-                "to 1024 px on the long side, so small objects may be missed."
-            )
         kwargs = self._normalization(image)
+        plan = T.plan_for(image, self.predictor)
+        if plan is not None:  # large planes are prompted tile by tile
+            self._prepare_tiled(image, key, plan, kwargs)
+            return
+        if isinstance(self.segmenter, TiledObjectSegmenter):  # back from a large plane
+            self.segmenter = ObjectSegmenter(self.predictor)
         predictor, plane_data = self.predictor, self._plane_reader(image)
         where = f" (plane {plane})" if plane else ""
         self._set_status(f"Embedding '{image.name}'{where} ...")
@@ -361,6 +355,31 @@ class SegmentAnythingWidget(QWidget):
         )
         self._run(worker)
 
+    def _prepare_tiled(self, image, key, plan: tuple[int, int], kwargs: dict) -> None:
+        # nothing is embedded now: the tiles a prompt reaches are, when it is decoded
+        model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
+        segmenter = T.make_segmenter(self.predictor, plan, self._embedding_cache() if model_id else None, model_id)
+        source = T.lazy_plane([image, *self.channel_layers()], key[1])
+        height, width = L.spatial_shape(image)[-2:]
+        self._set_status(f"'{image.name}' is {width}x{height} px: preparing {plan[0]}-px tiles ...")
+
+        def prepare():
+            segmenter.tiled.set_image(source, **kwargs)  # reads a subsample for the contrast
+            return key
+
+        worker = thread_worker(prepare, ignore_errors=True, progress={"total": 0, "desc": "Preparing tiles"})()
+        worker.returned.connect(lambda key: self._on_tiled_ready(segmenter, key, plan))
+        self._run(worker)
+
+    def _on_tiled_ready(self, segmenter: TiledObjectSegmenter, key, plan: tuple[int, int]) -> None:
+        self.segmenter = segmenter
+        self._preview_region = None
+        self._on_embedded(key)
+        self._set_status(
+            f"Ready (large image: each prompt is segmented in {plan[0]}-px tiles, embedded "
+            "when a prompt first reaches them): click on an object."
+        )
+
     def embed_all_slices(self) -> None:
         """Embed every plane of a stack into the disk cache, with progress; Cancel stops it."""
         image = self.image_layer
@@ -375,6 +394,12 @@ class SegmentAnythingWidget(QWidget):
         cache = self._embedding_cache() if model_id else None
         if not lead:
             show_info(f"'{image.name}' has a single plane: nothing more to embed.")
+            return
+        if T.plan_for(image, self.predictor) is not None:
+            show_info(
+                f"'{image.name}' has large planes, segmented tile by tile: tiles are embedded "
+                "when a prompt reaches them, so 'Embed all slices' is not available for it."
+            )
             return
         if cache is None:
             show_info(
@@ -473,6 +498,13 @@ class SegmentAnythingWidget(QWidget):
         preview = self.layers.get(L.PREVIEW)
         if preview is None:
             return
+        if isinstance(self.segmenter, TiledObjectSegmenter):
+            tiled = None if candidates is None else candidates.tiled
+            self._preview_region = T.show_preview(preview, tiled, plane, self._preview_region)
+            self._preview_plane = plane
+            if tiled is not None:
+                self._set_status(f"predicted IoU {tiled.score:.2f}, {tiled.area} px")
+            return
         mask = None if candidates is None else candidates.mask
         L.show_preview(preview, mask, plane, self._preview_plane)
         self._preview_plane = plane
@@ -496,10 +528,15 @@ class SegmentAnythingWidget(QWidget):
         if self.segmenter is None or self.segmenter.candidates is None or self._worker is not None:
             show_info("Nothing to commit yet.")
             return
-        plane = self._embedded[1]
-        new_id = L.commit_mask(
-            self.layers[L.LABELS], self.segmenter.candidates.mask, plane, overwrite=self.paint_over.isChecked()
-        )
+        plane, candidates = self._embedded[1], self.segmenter.candidates
+        if isinstance(candidates, TiledCandidates):
+            new_id = T.commit_mask(
+                self.layers[L.LABELS], candidates.tiled, plane, overwrite=self.paint_over.isChecked()
+            )
+        else:
+            new_id = L.commit_mask(
+                self.layers[L.LABELS], candidates.mask, plane, overwrite=self.paint_over.isChecked()
+            )
         self._set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
         self.clear()
 

@@ -203,7 +203,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_outputs(item: ImageItem, job: LabelJob, model_type: str, records: list[dict],
-                   labels: np.ndarray) -> None:
+                   labels: np.ndarray, tiled: bool = False) -> None:
     import tifffile
 
     labels_path, json_path = output_paths(job.out_dir, item.key)
@@ -215,7 +215,8 @@ def _write_outputs(item: ImageItem, job: LabelJob, model_type: str, records: lis
     image.update(labels=labels_path.name, model=model_type)
     annotations = [{"id": k + 1, **r} for k, r in enumerate(records)]
     document = json.dumps({"image": image, "annotations": annotations}, default=_jsonable)
-    _write_atomic(labels_path, lambda f: tifffile.imwrite(f, labels, compression="zlib"))
+    tiles = {"tile": (256, 256)} if tiled else {}  # large label images: a tiled TIFF
+    _write_atomic(labels_path, lambda f: tifffile.imwrite(f, labels, compression="zlib", **tiles))
     try:
         _write_atomic(json_path, lambda f: f.write(document.encode("utf-8")))
     except BaseException:
@@ -295,17 +296,29 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
         from .automatic import masks_to_label_image
         from .preprocess import to_rgb
 
+        from .cli_tiled import label_large_image
+
         image = read_image(item, videos)
-        records = generator.generate(image)
-        size = records[0]["segmentation"]["size"] if records else to_rgb(image).shape[:2]
-        labels = masks_to_label_image(records, size)
-        if len(records) < 2**16:
-            labels = labels.astype(np.uint16)
         model_type = job.model.model_type
         if model_type == "auto":
             from .model.build import infer_model_type
 
             model_type = infer_model_type(sam.state_dict()) or "unknown"
+        # large images: tile by tile, labels painted into a memmap (deleted once written)
+        large = label_large_image(generator, image, sam.image_encoder.img_size, Path(job.out_dir))
+        if large is not None:
+            records, labels, labels_file = large
+            try:
+                _write_outputs(item, job, model_type, records, labels, tiled=True)
+            finally:
+                del labels
+                labels_file.unlink(missing_ok=True)
+            return ImageResult(item.key, "done", masks=len(records), seconds=time.perf_counter() - start)
+        records = generator.generate(image)
+        size = records[0]["segmentation"]["size"] if records else to_rgb(image).shape[:2]
+        labels = masks_to_label_image(records, size)
+        if len(records) < 2**16:
+            labels = labels.astype(np.uint16)
         _write_outputs(item, job, model_type, records, labels)
     except Exception as exc:  # one bad image must not stop the batch
         reason = _one_line(exc)

@@ -205,7 +205,9 @@ def read_image(item: ImageItem, videos: VideoReaders | None = None) -> np.ndarra
             import tifffile
 
             if item.kind == "image":
-                return tifffile.imread(path)
+                from .tiling import open_image_lazily
+
+                return open_image_lazily(path)  # memory-mapped when uncompressed (large images)
             return _read_plane(path, int(item.index))
         import imageio.v3 as iio
 

@@ -163,9 +163,9 @@ def _read_image(path: Path) -> Any:
         raise UsageError(f"{path} is a folder, not an image file")
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
-            import tifffile
+            from .tiling import open_image_lazily
 
-            return tifffile.imread(path)
+            return open_image_lazily(path)  # memory-mapped when uncompressed (large images)
         import imageio.v3 as iio
 
         return iio.imread(path)
@@ -368,10 +368,29 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     output = _check_output(args.output)
     image_path = Path(args.image).expanduser()
     image = _select_plane(_read_image(image_path), args.slice, str(image_path))
-    height, width = _image_size(image, args.channel_axis, channels)
+    from .cli_tiled import large_plane_shape, segment_large
+    from .tiling import tiling_plan
+
+    try:
+        size = large_plane_shape(image, args.channel_axis, channels)  # checked lazily when large
+    except ValueError as exc:
+        raise UsageError(f"{exc} On the command line: --channel-axis N, --channels I,J,K, or --slice N.") from exc
+    height, width = size or _image_size(image, args.channel_axis, channels)
     _check_prompts_inside(points, boxes, height, width)
 
     sam = _build_model(args)
+    plan = tiling_plan((height, width), sam.image_encoder.img_size)
+    if plan is not None:  # large: tile by tile, labels through a memmap into a tiled TIFF
+        try:
+            objects = segment_large(sam, image, plan, points, boxes, output, channel_axis=args.channel_axis,
+                                    channels=channels, multimask=args.multimask, status=_status)
+        except (ValueError, OSError) as exc:
+            raise UsageError(str(exc)) from exc
+        for k, (area, raw, score) in enumerate(objects):
+            overlap = f" ({raw} before overlaps)" if raw != area else ""
+            print(f"label {k + 1}: area {area} px{overlap}, predicted IoU {score:.3f}")
+        _status(f"wrote {output} ({width}x{height}, {len(objects)} object{'s' * (len(objects) != 1)})")
+        return 0
 
     from .predictor import SamPredictor
 

@@ -483,9 +483,10 @@ def test_shift_click_adds_one_background_point(widget, qtbot):
     assert w.layers[L.PREVIEW].data[20, 20] == 1 and w.layers[L.PREVIEW].data[60, 70] == 0
 
 
-def test_large_images_are_explained_not_crashed(make_napari_viewer, qtbot, monkeypatch):
+def test_large_images_are_tiled_not_refused(make_napari_viewer, qtbot, monkeypatch):
     import napari_sam._widget as widget_module
     from napari_sam._widget import SegmentAnythingWidget
+    from src_core.tiling import TiledObjectSegmenter
 
     errors, warnings_ = [], []
     monkeypatch.setattr(widget_module, "show_error", errors.append)
@@ -496,11 +497,11 @@ def test_large_images_are_explained_not_crashed(make_napari_viewer, qtbot, monke
     w = SegmentAnythingWidget(viewer)
     predictor = StandInPredictor()
     w.set_predictor(predictor)
-    qtbot.wait(100)
-    assert w.idle and predictor.set_image_calls == 0
-    assert errors and "too large" in errors[0] and "tiling" in errors[0]
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    assert isinstance(w.segmenter, TiledObjectSegmenter) and predictor.set_image_calls == 0
     viewer.layers.clear()
-    viewer.add_image(np.zeros((5000, 300), np.uint8), name="tall")
+    viewer.add_image(np.zeros((5000, 300), np.uint8), name="tall")  # > 4 x 1024 px: tiled too
     w.image_panel.image_box.setCurrentText("tall")
-    qtbot.waitUntil(lambda: w.idle and predictor.set_image_calls == 1, timeout=10000)
-    assert warnings_ and "scaled down" in warnings_[0]
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["tall"]), timeout=10000)
+    assert isinstance(w.segmenter, TiledObjectSegmenter) and predictor.set_image_calls == 0
+    assert not errors and not warnings_
