@@ -260,6 +260,10 @@ class TrackPanel(QWidget):
             return
         self.background_check.setChecked(False)
         self.object_box.setValue(T.largest_id(*(self.layers[k] for k in (T.PROMPTS, T.BOXES, T.TRACKS))) + 1)
+        points = self.layers[T.PROMPTS]
+        if self.host.viewer.layers.selection.active is not self.layers[T.BOXES]:
+            self.host.viewer.layers.selection.active = points  # ready to click on the next object
+            points.mode = "add"
         self.host._set_status(f"Track: object {self.object_box.value()}; click on it or draw a box.")
 
     # -- key frames ---------------------------------------------------------------------
