@@ -22,6 +22,7 @@ from src_core.tiling import TiledCandidates, TiledObjectSegmenter
 from . import _layers as L
 from . import _tiled as T
 from ._everything_panel import EverythingPanel
+from ._finetune_panel import FinetunePanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
 from ._track_panel import TrackPanel
@@ -110,6 +111,8 @@ class SegmentAnythingWidget(QWidget):
         layout.addWidget(self.everything)
         self.track = TrackPanel(self)  # propagates prompted objects through a video or stack
         layout.addWidget(self.track)
+        self.finetune = FinetunePanel(self)  # trains a copy of the loaded model on the labels
+        layout.addWidget(self.finetune)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -451,6 +454,7 @@ class SegmentAnythingWidget(QWidget):
         if self._worker is None:
             return
         self.everything.cancel()
+        self.finetune.cancel()
         if hasattr(self._worker, "quit"):
             self._worker.quit()  # generator workers: 'embed all slices' stops between slices
         if hasattr(self.predictor, "cancel"):
