@@ -33,10 +33,10 @@ SHIPPED = ROOT / "src_core" / "weights" / "sam_vit_tiny.pth"
 # light drop path; the rest is the seed's recipe (AdamW, warm-up 250, step decay,
 # weight decay 0.1).
 CONFIG = TrainConfig(
-    steps=2500,
+    steps=2800,
     batch_size=6,
-    masks_per_image=8,
-    lr=5e-4,
+    masks_per_image=12,
+    lr=8e-4,
     weight_decay=0.1,
     warmup=250,
     layer_decay=1.0,

@@ -8,3 +8,32 @@ from pathlib import Path
 # minimal stand-in only where the real one is not installed.
 if importlib.util.find_spec("torchvision") is None:
     sys.path.insert(0, str(Path(__file__).parent / "_torchvision_standin"))
+
+
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_qt_worker_outlives_its_test(request):
+    """A worker thread left running by one test would hold one of the global Qt
+    thread pool's slots (as many as cores: 2 on CI) and starve the next tests'
+    workers; it could also emit into deleted widgets at exit. Wait for such
+    workers, and fail the test that left them."""
+    yield
+    if "qtpy" not in sys.modules:
+        return
+    from qtpy.QtCore import QCoreApplication, QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if pool.activeThreadCount() == 0:
+        return
+    deadline = time.monotonic() + 60
+    while pool.activeThreadCount() and time.monotonic() < deadline:
+        if QCoreApplication.instance() is not None:
+            QCoreApplication.processEvents()
+        time.sleep(0.02)
+    left = pool.activeThreadCount()
+    if left:
+        pytest.fail(f"{left} Qt worker thread(s) still running 60 s after the test ended")
