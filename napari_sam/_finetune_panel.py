@@ -272,9 +272,11 @@ class FinetunePanel(QWidget):
     def _on_progress(self, step: int, total: int, loss: float) -> None:
         self.progress_bar.setValue(step)
         self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}")
-        if self._progress is not None:
-            self._progress.set_description(f"Fine-tune (loss {loss:.3f})")
-            self._progress.update(step - self._progress.n)
+        bar = self._progress  # napari's progress may process events: _on_done can run meanwhile
+        if bar is not None:
+            bar.set_description(f"Fine-tune (loss {loss:.3f})")
+            if self._progress is bar:
+                bar.update(step - bar.n)
 
     def _on_result(self, predictor, output: Path) -> None:
         if predictor is None:

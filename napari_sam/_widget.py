@@ -25,6 +25,7 @@ from ._everything_panel import EverythingPanel
 from ._finetune_panel import FinetunePanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
+from ._text_panel import TextPanel
 from ._track_panel import TrackPanel
 
 KEYS = (
@@ -109,6 +110,8 @@ class SegmentAnythingWidget(QWidget):
         layout.addLayout(stack_buttons)
         self.everything = EverythingPanel(self)  # uses this widget's predictor, layers and jobs
         layout.addWidget(self.everything)
+        self.text = TextPanel(self)  # "SAM text": the objects a text names, committed like a prompt
+        layout.addWidget(self.text)
         self.track = TrackPanel(self)  # propagates prompted objects through a video or stack
         layout.addWidget(self.track)
         self.finetune = FinetunePanel(self)  # trains a copy of the loaded model on the labels
@@ -454,6 +457,7 @@ class SegmentAnythingWidget(QWidget):
         if self._worker is None:
             return
         self.everything.cancel()
+        self.text.cancel()
         self.finetune.cancel()
         if hasattr(self._worker, "quit"):
             self._worker.quit()  # generator workers: 'embed all slices' stops between slices
@@ -502,6 +506,7 @@ class SegmentAnythingWidget(QWidget):
         preview = self.layers.get(L.PREVIEW)
         if preview is None:
             return
+        self.text.discard()  # a prompt's mask replaces the text matches in the preview
         if isinstance(self.segmenter, TiledObjectSegmenter):
             tiled = None if candidates is None else candidates.tiled
             self._preview_region = T.show_preview(preview, tiled, plane, self._preview_region)
@@ -529,6 +534,9 @@ class SegmentAnythingWidget(QWidget):
 
     def commit(self) -> None:
         """Write the current mask into 'SAM labels' with a new id, then start a new object."""
+        if self.text.matches and self._worker is None:  # the matches of a text search
+            self.text.commit()
+            return self.clear()
         if self.segmenter is None or self.segmenter.candidates is None or self._worker is not None:
             show_info("Nothing to commit yet.")
             return
@@ -546,6 +554,7 @@ class SegmentAnythingWidget(QWidget):
 
     def clear(self) -> None:
         """Discard the current object's prompts, preview and logits."""
+        self.text.discard()
         if self.segmenter is not None:
             self.segmenter.reset()
         points, boxes = self.layers.get(L.POINTS), self.layers.get(L.BOXES)

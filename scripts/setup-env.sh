@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtualenv (.venv) and install napari-sam
-# into it in editable mode with its test extras.
+# into it in editable mode with its test and text extras (plus open_clip,
+# without its dependencies).
 #
 # Idempotent: when pyproject.toml, constraints.txt and this script are
 # unchanged since the last successful run (a stamp in .venv records their
@@ -35,6 +36,7 @@ import sys
 from importlib.metadata import version
 torch = version("torch")
 version("napari-sam")
+version("open_clip_torch")
 sys.exit(0 if torch.split("+")[0] == sys.argv[1] else 1)
 PYEOF
 }
@@ -43,10 +45,14 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && installed_ok; then
     exit 0
 fi
 
-echo "setup-env: installing $TORCH_PIN, then napari-sam (editable) with test extras into $VENV" >&2
+echo "setup-env: installing $TORCH_PIN, then napari-sam (editable) with test and text extras into $VENV" >&2
 pip_install=("$PY" -m pip install --quiet --progress-bar off --disable-pip-version-check)
 "${pip_install[@]}" -c constraints.txt "$TORCH_PIN"
-"${pip_install[@]}" -c constraints.txt -e ".[test]"
+"${pip_install[@]}" -c constraints.txt -e ".[test,text]"
+# open_clip (text prompts) without its dependencies: they would replace torch with
+# another build and add torchvision; its real imports are ftfy and regex (the
+# "text" extra) and tqdm. Pinned here, as it is not part of the "text" extra.
+"${pip_install[@]}" -c constraints.txt --no-deps "open_clip_torch==3.3.0"
 
 if ! installed_ok; then
     echo "setup-env: after installing, torch is not ${TORCH_PIN#torch==} or napari-sam is missing" >&2

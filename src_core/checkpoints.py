@@ -3,8 +3,9 @@
 Checkpoints are large (375 MB to 2.5 GB), so downloads stream into
 ``<name>.part`` next to their final place, resume with an HTTP ``Range``
 request when a previous attempt was cut off, and are verified (size and
-sha256) before being renamed into place. The cache therefore never holds a
-half-written file under a final name.
+sha256; sha256 alone for a file whose size is not published, such as the
+CLIP weights of :mod:`src_core.text`) before being renamed into place. The
+cache therefore never holds a half-written file under a final name.
 
 Loading uses ``torch.load(..., weights_only=True)``: a checkpoint is data, and
 must never be able to run code when opened.
@@ -62,22 +63,29 @@ class CheckpointInfo:
         Model type the weights belong to, e.g. ``"vit_b"``.
     url : str
         Where the file is published.
-    size : int
-        Exact size of the file in bytes.
+    size : int or None
+        Exact size of the file in bytes; None when it is not published (the
+        file is then verified by its sha256 alone, and the cache check of
+        :func:`cached_checkpoint` is whether the file is there).
     sha256 : str
         Hex sha256 digest of the file.
+    folder : str
+        Subfolder of the cache root the file is kept in.
     """
 
     name: str
     url: str
-    size: int
+    size: int | None
     sha256: str
+    folder: str = "checkpoints"
 
     def __post_init__(self) -> None:
-        if self.size <= 0:
+        if self.size is not None and (
+            isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0
+        ):
             raise ValueError(
                 f"checkpoint {self.name!r}: size must be a positive number of "
-                f"bytes, got {self.size!r}"
+                f"bytes (or None when unknown), got {self.size!r}"
             )
         digest = self.sha256.lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -201,11 +209,11 @@ def checkpoint_path(
         Registry name or an explicit entry.
     cache : path-like, optional
         Cache root to use instead of :func:`cache_dir`; checkpoints go in its
-        ``checkpoints`` subfolder.
+        ``checkpoints`` subfolder (or the entry's ``folder``).
     """
     info = checkpoint_info(name_or_info)
     root = Path(cache).expanduser() if cache is not None else cache_dir()
-    return root / "checkpoints" / info.filename
+    return root / info.folder / info.filename
 
 
 def cached_checkpoint(
@@ -214,12 +222,13 @@ def cached_checkpoint(
     """The cached checkpoint file if present with the expected size, else None.
 
     This is a cheap check (no hashing); :func:`download_checkpoint` verifies
-    the sha256 before a file is ever put under its final name.
+    the sha256 before a file is ever put under its final name. An entry whose
+    size is unknown is cached when its file is there.
     """
     info = checkpoint_info(name)
     path = checkpoint_path(info, cache)
     try:
-        if path.is_file() and path.stat().st_size == info.size:
+        if path.is_file() and (info.size is None or path.stat().st_size == info.size):
             return path
     except OSError:
         pass
@@ -305,7 +314,8 @@ def download_checkpoint(
     expected = info.sha256.lower()
 
     if dest.is_file():
-        if dest.stat().st_size == info.size and sha256_file(dest) == expected:
+        size_ok = info.size is None or dest.stat().st_size == info.size
+        if size_ok and sha256_file(dest) == expected:
             return dest
         dest.unlink()  # a corrupt file in our own cache: fetch it again
 
@@ -318,16 +328,18 @@ def download_checkpoint(
         ) from exc
 
     offset = part.stat().st_size if part.is_file() else 0
-    if offset > info.size:
+    if info.size is not None and offset > info.size:
         part.unlink()
         offset = 0
-    if offset == info.size:
-        # A previous run got every byte but stopped before the rename.
+    if offset and (offset == info.size or info.size is None):
+        # A previous run got every byte but stopped before the rename (with an
+        # unknown size, a part whose sha256 matches is complete).
         if sha256_file(part) == expected:
             os.replace(part, dest)
             return dest
-        part.unlink()
-        offset = 0
+        if info.size is not None:
+            part.unlink()
+            offset = 0
 
     # Two attempts at most: the second one only when the server could not
     # honour our resume request (416 or a Content-Range we did not ask for).
@@ -380,7 +392,7 @@ def _fetch(
             content_range = _parse_content_range(response.headers.get("Content-Range"))
             if content_range is None or content_range[0] != offset:
                 return None
-            if content_range[1] is not None and content_range[1] != info.size:
+            if content_range[1] is not None and info.size is not None and content_range[1] != info.size:
                 raise RuntimeError(
                     f"{source} is {content_range[1]} bytes but the {info.name} "
                     f"checkpoint is {info.size} bytes; the URL points at a "
@@ -391,7 +403,10 @@ def _fetch(
             start = 0  # a full answer (200): start over
 
         length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit() and start + int(length) != info.size:
+        total = info.size
+        if total is None and length is not None and length.isdigit():
+            total = start + int(length)  # the size is not published: trust the server's
+        if length is not None and length.isdigit() and start + int(length) != total:
             raise RuntimeError(
                 f"{source} is {start + int(length)} bytes but the {info.name} "
                 f"checkpoint is {info.size} bytes; the URL points at a "
@@ -403,12 +418,12 @@ def _fetch(
             with open(part, "rb") as f:
                 while chunk := f.read(chunk_size):
                     digest.update(chunk)
-        done = _stream(response, part, start, digest, info, source, progress, chunk_size)
+        done = _stream(response, part, start, digest, info, source, progress, chunk_size, total)
 
-    if done < info.size:
+    if total is not None and done < total:
         raise RuntimeError(
             f"the download of {source} was interrupted after {done} of "
-            f"{info.size} bytes. The partial file is kept at {part}; calling "
+            f"{total} bytes. The partial file is kept at {part}; calling "
             "download again resumes where it stopped."
         )
     got = digest.hexdigest()
@@ -432,8 +447,12 @@ def _stream(
     source: str,
     progress: ProgressCallback | None,
     chunk_size: int,
+    total: int | None = None,
 ) -> int:
-    """Copy the response body into ``part``; return the bytes the file now holds."""
+    """Copy the response body into ``part``; return the bytes the file now holds.
+
+    ``total``: the bytes expected in all (``info.size``, or the server's length
+    when the size is unknown; None when neither is known)."""
     done = start
     try:
         out = open(part, "ab" if start else "wb")
@@ -447,11 +466,11 @@ def _stream(
                 break  # connection dropped or timed out: keep what we have
             if not chunk:
                 break
-            if done + len(chunk) > info.size:
+            if total is not None and done + len(chunk) > total:
                 out.close()
                 part.unlink(missing_ok=True)
                 raise RuntimeError(
-                    f"{source} sent more than the expected {info.size} bytes; "
+                    f"{source} sent more than the expected {total} bytes; "
                     "the URL points at a different file."
                 )
             try:
@@ -464,7 +483,7 @@ def _stream(
             digest.update(chunk)
             done += len(chunk)
             if progress is not None:
-                progress(done, info.size)
+                progress(done, total if total is not None else 0)
     return done
 
 

@@ -10,6 +10,9 @@ Subcommands
     (labels 1..B in the order given), where they overlap the object with the
     higher predicted IoU wins. A stack (3D without a channel axis, or 4D and
     more) needs ``--slice N`` to pick plane N of its first axis.
+``napari-sam segment IMAGE --text TEXT -o LABELS.tif``
+    The objects TEXT names, found by CLIP among SAM's masks (the optional
+    ``napari-sam[text]`` extra; :mod:`src_core.cli_text`).
 ``napari-sam models``
     The known models, their size, whether they are cached, and the cache folder.
 ``napari-sam download MODEL``
@@ -347,12 +350,17 @@ def _paint_labels(masks: Any, iou: Any) -> Any:
 def _cmd_segment(args: argparse.Namespace) -> int:
     if args.model is not None:
         _check_model_name(args.model)
+    if args.text is not None:
+        from .cli_text import cmd_segment_text
+
+        return cmd_segment_text(args)
     points = [parse_point(text) for text in args.point]
     boxes = [parse_box(text) for text in args.box]
     channels = parse_channels(args.channels) if args.channels is not None else None
     if not points and not boxes:
         raise UsageError(
-            "segment needs a prompt: at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1"
+            "segment needs a prompt: at least one --point X,Y[,LABEL] or --box X0,Y0,X1,Y1, "
+            'or --text "what to find"'
         )
     if points and len(boxes) > 1:
         raise UsageError(
@@ -541,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let SAM propose 3 masks per object and keep the one with the highest "
         "predicted IoU (always on for a single point without a box)",
     )
+    from .cli_text import add_text_arguments  # here: cli_text imports this module
+
+    add_text_arguments(seg)
     seg.set_defaults(func=_cmd_segment)
 
     models = sub.add_parser(

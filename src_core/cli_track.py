@@ -7,7 +7,9 @@ frames are done), ``trajectories.csv`` (wide: frame, x1, y1, x2, y2, ...),
 ``tracks.csv`` (napari Tracks data: track_id, t, y, x; ``tracks_graph.json``
 for divisions), ``overlay.mp4`` and ``progress.json``. Running the same
 command again resumes an interrupted run from the last frame done. The engine
-is :mod:`src_core.propagate`.
+is :mod:`src_core.propagate`. Instead of ``--prompts``, ``--text TEXT --text-frame N``
+starts the tracking from the objects TEXT names on frame N (CLIP among SAM's
+masks: the optional ``napari-sam[text]`` extra), with ids 1, 2, ... best first.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="VIDEO_OR_STACK",
                    help="video file (mp4, avi, mov, ...), TIFF stack or .npy (T, H, W[, C])")
-    p.add_argument("--prompts", required=True, metavar="FILE",
+    p.add_argument("--prompts", default=None, metavar="FILE",
                    help='JSON {"prompts": [{"frame": 0, "id": 1, "points": [[x, y]], "labels": [1], '
                    '"box": [x0, y0, x1, y1]}, ...]} or CSV frame,id,x,y[,label]')
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
@@ -64,6 +66,9 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=15.0, help="frame rate of overlay.mp4 (default 15)")
     p.add_argument("--no-video", action="store_true", help="do not write overlay.mp4")
     p.add_argument("--overwrite", action="store_true", help="start again, discarding a previous run in OUT")
+    from .cli_text import add_text_arguments
+
+    add_text_arguments(p, track=True)
     p.set_defaults(func=_cmd_track)
     return p
 
@@ -181,29 +186,41 @@ def _cmd_track(args: argparse.Namespace) -> int:
         get_recipe(args.recipe)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    prompt_path = Path(args.prompts).expanduser()
-    try:
-        prompts = load_prompts(prompt_path)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from exc
+    if (args.prompts is None) == (args.text is None):
+        raise UsageError("track needs the objects to start from: --prompts FILE or --text TEXT (one of them)")
+    if args.text is not None:
+        from .cli_text import check_text_args, text_fingerprint
+
+        check_text_args(args)
+        prompt_path, prompts, prompt_bytes = None, None, text_fingerprint(args)
+    else:
+        prompt_path = Path(args.prompts).expanduser()
+        try:
+            prompts = load_prompts(prompt_path)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(str(exc)) from exc
+        prompt_bytes = prompt_path.read_bytes()
     frames = open_frames(Path(args.input).expanduser())
     n = len(frames)
     stop = n if args.stop is None else args.stop
     if not 0 <= args.start < stop <= n:
         raise UsageError(f"--start/--stop must satisfy 0 <= start < stop <= {n} (frames), got {args.start}, {stop}")
     shape = tuple(int(s) for s in frames.shape[1:3])
-    try:
-        check_prompts(prompts, n, shape)
-    except ValueError as exc:
-        raise UsageError(f"{prompt_path}: {exc}") from exc
-    prompts = [p for p in prompts if args.start <= p.frame < stop]
-    if not prompts:
-        raise UsageError(f"no prompt lies in frames {args.start} to {stop - 1}")
+    if prompts is not None:
+        try:
+            check_prompts(prompts, n, shape)
+        except ValueError as exc:
+            raise UsageError(f"{prompt_path}: {exc}") from exc
+        prompts = [p for p in prompts if args.start <= p.frame < stop]
+        if not prompts:
+            raise UsageError(f"no prompt lies in frames {args.start} to {stop - 1}")
+    elif not args.start <= args.text_frame < stop:
+        raise UsageError(f"--text-frame {args.text_frame} is not in the frames tracked ({args.start} to {stop - 1})")
 
     out = Path(args.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     progress_path, labels_path = out / "progress.json", out / "labels.npy"
-    fingerprint = _fingerprint(args, prompt_path.read_bytes(), n, direction)
+    fingerprint = _fingerprint(args, prompt_bytes, n, direction)
     state = None
     if progress_path.is_file() and labels_path.is_file() and not args.overwrite:
         state = json.loads(progress_path.read_text())
@@ -214,6 +231,16 @@ def _cmd_track(args: argparse.Namespace) -> int:
             _status(f"{out} already holds this run, complete (pass --overwrite to redo it)")
             return 0
         _status(f"resuming the run in {out}")
+    predictor = None
+    if prompts is None:  # --text: the objects found on --text-frame (kept for resuming)
+        from .cli_text import track_prompts_from_text
+
+        saved = out / "text_prompts.json"
+        if state is not None and saved.is_file():
+            prompts = load_prompts(saved)
+        else:
+            predictor = _make_predictor(args)
+            prompts = track_prompts_from_text(predictor, frames, args, out)
     if state is None:
         state = {"settings": fingerprint, "passes": _passes(prompts, direction, args.start, stop),
                  "complete": False}
@@ -222,7 +249,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         labels = LabelFile(labels_path)
     _save(progress_path, state)
 
-    predictor = _make_predictor(args)
+    predictor = predictor if predictor is not None else _make_predictor(args)
     from tqdm import tqdm
 
     from .propagate import PropagationError, propagate

@@ -170,6 +170,7 @@ def test_checkpoint_info_is_validated():
         CheckpointInfo("x", "http://h/x.pth", 10, "abc")
     with pytest.raises(ValueError, match="size"):
         CheckpointInfo("x", "http://h/x.pth", 0, "0" * 64)
+    assert CheckpointInfo("x", "http://h/x.pth", None, "0" * 64).size is None  # unknown: sha256 only
 
 
 def test_unknown_name_lists_known_names(tmp_path):
@@ -245,6 +246,29 @@ def test_download_verifies_and_caches(server, info, tmp_path, blob):
     assert again == path
     assert len(server.state.requests) == 1  # no network the second time
     assert cached_checkpoint(info, cache=tmp_path) == path
+
+
+def test_unknown_size_is_verified_by_sha256_and_resumes(server, blob, tmp_path):
+    """An entry without a published size (CLIP's): its own folder, sha256 only, resumable."""
+    entry = CheckpointInfo("clip-like", url_of(server, "w.pt"), None, hashlib.sha256(blob).hexdigest(),
+                           folder="clip")
+    assert cached_checkpoint(entry, cache=tmp_path) is None
+    server.state.mode = "truncate"
+    server.state.truncate_at = 100_000
+    with pytest.raises(RuntimeError, match=f"interrupted after 100000 of {len(blob)} bytes"):
+        download_checkpoint(entry, cache=tmp_path, chunk_size=CHUNK)
+    server.state.mode = "ok"
+    calls = []
+    path = download_checkpoint(entry, cache=tmp_path, chunk_size=CHUNK, progress=lambda d, t: calls.append((d, t)))
+    assert path == tmp_path / "clip" / "w.pt" and path.read_bytes() == blob
+    assert server.state.requests[-1][1] == "bytes=100000-"
+    assert calls[-1] == (len(blob), len(blob))  # the total comes from the server
+    assert cached_checkpoint(entry, cache=tmp_path) == path
+    server.state.mode = "wrong"
+    bad = CheckpointInfo("clip-like", url_of(server, "w2.pt"), None, hashlib.sha256(blob).hexdigest(), folder="clip")
+    with pytest.raises(RuntimeError, match="corrupt"):
+        download_checkpoint(bad, cache=tmp_path, chunk_size=CHUNK)
+    assert not (tmp_path / "clip" / "w2.pt").exists() and not (tmp_path / "clip" / "w2.pt.part").exists()
 
 
 def test_download_url_override(server, blob, tmp_path):

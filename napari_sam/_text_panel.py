@@ -1,0 +1,313 @@
+"""The "SAM text" part of the dock widget: find the objects a text names on the shown plane.
+
+Type a text ("cell", "a fly") and press Find (or Enter): in one of the widget's jobs,
+:func:`~src_core.text.segment_text` runs segment everything on the shown plane with the
+"Segment everything" panel's settings, lets CLIP score every mask against the text and
+the optional negative texts, keeps the best (top-k and/or above a threshold) and
+refines them with SAM from their boxes. The matches appear in "SAM preview" (one
+label each, best = 1); the widget's Commit (C) writes them into "SAM labels" with new
+ids as one undo step, Clear (Q) drops them. "Track these" gives each match to the
+Track panel as a new object (its box on the shown frame), ready to Propagate.
+
+CLIP (open_clip, the optional ``napari-sam[text]`` extra) is loaded, and its weights
+downloaded on first use, inside the job; it is then kept for the next searches.
+The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+viewer, the predictor, the chosen image, the SAM layers and the job runner.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from src_core.automatic.generator import GenerationCancelled
+
+from . import _layers as L
+from . import _tiled as T
+from . import _track_layers as TL
+from ._everything_panel import make_generator, paint_labels
+
+
+def load_scorer(predictor, report=None):
+    """CLIP on the predictor's device (the panel's default factory; downloads on first use)."""
+    from src_core.text import load_clip
+
+    device = getattr(predictor, "device", "cpu")
+    return load_clip(progress=report, device=device)
+
+
+class TextPanel(QWidget):
+    """Text, negatives, top-k, threshold; Find / Cancel / Track these, with a progress bar.
+
+    ``scorer_factory(predictor, report)`` makes the CLIP scorer and
+    ``generator_factory(predictor, settings)`` the candidate generator; tests swap them.
+    """
+
+    progressed = Signal(int, int)
+
+    def __init__(self, host) -> None:
+        super().__init__()
+        self.host = host
+        self.scorer_factory = load_scorer
+        self.generator_factory = make_generator
+        self.scorer = None  # kept once loaded
+        self.matches: list | None = None  # shown in the preview, not committed yet
+        self.match_plane: tuple | None = None
+        self._generator = None
+        self._running = False
+        self._stop = threading.Event()
+        self._build_ui()
+        self.progressed.connect(self._on_progress)
+
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("SAM text")
+        outer.addWidget(box)
+        form = QFormLayout(box)
+        self.text_edit = QLineEdit()
+        self.text_edit.setPlaceholderText("what to find, e.g. nucleus")
+        self.text_edit.returnPressed.connect(self.run)
+        self.negative_edit = QLineEdit()
+        self.negative_edit.setPlaceholderText("optional, comma-separated, e.g. debris, shadow")
+        self.negative_edit.setToolTip("Texts the objects should look less like than the text.")
+        self.top_k_box = QSpinBox()
+        self.top_k_box.setRange(0, 10_000)
+        self.top_k_box.setSpecialValueText("all")
+        self.top_k_box.setToolTip("Keep at most this many matches, best first ('all': no limit).")
+        self.threshold_box = QDoubleSpinBox()
+        self.threshold_box.setRange(0.0, 1.0)
+        self.threshold_box.setSingleStep(0.05)
+        self.threshold_box.setDecimals(2)
+        self.threshold_box.setValue(0.5)
+        self.threshold_box.setToolTip(
+            "Keep masks CLIP finds at least this likely to show the text rather than a negative "
+            "text (0 keeps everything, then top-k chooses)."
+        )
+        self.find_button = QPushButton("Find")
+        self.find_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.track_button = QPushButton("Track these")
+        self.track_button.setToolTip("Give each match to the Track panel as a new object (its box).")
+        self.track_button.clicked.connect(self.track_matches)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.find_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.track_button)
+        buttons.addWidget(self.progress_bar, 1)
+        form.addRow("text", self.text_edit)
+        form.addRow("not like", self.negative_edit)
+        form.addRow("top-k", self.top_k_box)
+        form.addRow("threshold", self.threshold_box)
+        form.addRow(buttons)
+
+    def negatives(self) -> list[str]:
+        return [t.strip() for t in self.negative_edit.text().split(",") if t.strip()]
+
+    # -- run and cancel -----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Find the objects the text names on the shown plane, in a worker."""
+        host = self.host
+        text = " ".join(self.text_edit.text().split())
+        if not text:
+            show_warning("SAM text: type what to find first, e.g. 'nucleus'.")
+            return
+        if not host.idle:
+            show_warning("Busy: wait for the current job to finish (or cancel it).")
+            return
+        image = host.image_layer
+        if image is None:
+            show_warning("SAM text: add or choose an image layer first.")
+            return
+        if host.predictor is None:
+            show_warning("SAM text: load a model first ('Load model').")
+            return
+        if not host.layers:  # a SAM layer was removed: make them again
+            host._on_image_changed()
+            if not host.idle:
+                show_warning("SAM text: preparing the image; press Find again when it is ready.")
+                return
+        if T.plan_for(image, host.predictor) is not None:
+            show_error(
+                f"SAM text: the planes of '{image.name}' are large (segmented tile by tile); text "
+                "prompts work on planes the model sees whole. Crop or downscale the image."
+            )
+            return
+        try:
+            self._generator = self.generator_factory(host.predictor, host.everything.settings())
+        except (ValueError, RuntimeError, ImportError) as err:
+            show_error(f"SAM text: {err}")
+            return
+        key = host._embedding_key()
+        plane, set_image = key[1], key != host._embedded
+        predictor, generator, factory = host.predictor, self._generator, self.scorer_factory
+        read, normalization = host._plane_reader(image), host._normalization(image)
+        negatives, top_k = self.negatives(), self.top_k_box.value() or None
+        threshold, stop, report = self.threshold_box.value(), self._stop.is_set, self._report
+        self._stop.clear()
+
+        def work():
+            from src_core.model.image_encoder import EncodingCancelled
+            from src_core.text import TextExtraMissing, TextPromptError, segment_text
+
+            try:
+                if self.scorer is None:
+                    self.scorer = factory(predictor, report)
+                return "ok", segment_text(
+                    predictor, read(plane), text, scorer=self.scorer, negatives=negatives,
+                    threshold=threshold, top_k=top_k, generator=generator, set_image=set_image,
+                    normalization=normalization, progress=report, should_stop=stop,
+                )
+            except (GenerationCancelled, EncodingCancelled):
+                return "cancelled", None
+            except (TextPromptError, TextExtraMissing, FileNotFoundError, ValueError, RuntimeError) as err:
+                # returned, not raised: napari's workers would swallow some RuntimeErrors
+                return "error", str(err)
+
+        worker = thread_worker(work, ignore_errors=True)()
+        worker.returned.connect(lambda result: self._on_result(result, text, plane, key, set_image))
+        worker.finished.connect(self._on_done)
+        if set_image:
+            host._embedded = None  # the predictor will hold the shown plane again
+        where = f" in plane {plane}" if plane else ""
+        host._set_status(f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
+        self.progress_bar.setRange(0, 0)
+        self.find_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._running = True
+        host._run(worker)
+
+    def cancel(self) -> None:
+        """Stop a running search after its current batch."""
+        if self._running:
+            self._stop.set()
+            if self._generator is not None and hasattr(self._generator, "cancel"):
+                self._generator.cancel()
+            self.host._set_status("cancelling the text search ...")
+
+    def _report(self, done: int, total: int) -> None:
+        self.progressed.emit(int(done), int(total))  # from the worker to the UI thread
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if total > 0:
+            scale = max(1, total // 1_000_000)  # bytes of a download would overflow an int
+            self.progress_bar.setRange(0, total // scale)
+            self.progress_bar.setValue(done // scale)
+
+    def _on_result(self, result, text: str, plane: tuple, key, set_image: bool) -> None:
+        host = self.host
+        self._stop.clear()  # a result came: a late cancel changes nothing
+        status, value = result
+        if set_image and status == "ok":
+            host._embedded = key  # the predictor holds the plane's embedding now
+        if status == "cancelled":
+            host._set_status("SAM text cancelled; nothing changed.")
+            return
+        if status == "error":
+            show_error(f"SAM text: {value}")
+            host._set_status(f"SAM text: {value}")
+            return
+        preview = host.layers.get(L.PREVIEW)
+        if preview is None:
+            show_warning(f"'{L.PREVIEW}' was removed while searching: the result is dropped.")
+            return
+        from src_core.text import matches_to_labels
+
+        if host.segmenter is not None:
+            host.segmenter.reset()  # the preview now shows the text's matches
+        L.show_preview(preview, None, plane, host._preview_plane)
+        view = preview.data[plane] if plane else preview.data
+        labels = matches_to_labels(value, view.shape)
+        view[labels > 0] = labels[labels > 0]
+        preview.refresh()
+        host._preview_plane = plane
+        self.matches, self.match_plane = value, plane
+        scores = f"scores {value[0].score:.2f}" + (f" to {value[-1].score:.2f}" if len(value) > 1 else "")
+        host._set_status(
+            f"SAM text: {len(value)} object{'s' * (len(value) != 1)} match {text!r} ({scores}). "
+            "Commit (C) adds them, Clear (Q) drops them, 'Track these' tracks them."
+        )
+
+    def _on_done(self) -> None:
+        if self._stop.is_set():  # no result came (the job was aborted): say so
+            self._stop.clear()
+            self.host._set_status("SAM text cancelled; nothing changed.")
+        self._running = False
+        self._generator = None
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.find_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # -- results ------------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Forget the matches (the preview is the host's to clear)."""
+        self.matches, self.match_plane = None, None
+
+    def commit(self) -> None:
+        """Write the matches into 'SAM labels' with new ids, as one undo step."""
+        host = self.host
+        if not self.matches or L.LABELS not in host.layers:
+            self.discard()
+            return
+        from src_core.text import matches_to_labels
+
+        labels_layer, plane = host.layers[L.LABELS], self.match_plane
+        shape = tuple(labels_layer.data.shape[-2:])
+        labels = matches_to_labels(self.matches, shape)
+        try:
+            first, last, _ = paint_labels(labels_layer, labels, plane, overwrite=host.paint_over.isChecked())
+        except ValueError as err:
+            show_error(f"SAM text: {err}")
+            return
+        self.discard()
+        if not first:
+            host._set_status("SAM text: nothing new to commit (the matches are labelled already).")
+        else:
+            host._set_status(f"committed {last - first + 1} objects, ids {first}-{last}")
+
+    def track_matches(self) -> None:
+        """Give each match to the Track panel as a new object: its box on the shown frame."""
+        if not self.matches:
+            show_info("SAM text: find objects first (type a text, then Find).")
+            return
+        track = self.host.track
+        if not track.prepare():
+            return
+        plane = list(self.match_plane or ())  # (t,) or (t, z): where the matches were found
+        layers = track.layers
+        first = TL.largest_id(layers[TL.PROMPTS], layers[TL.BOXES], layers[TL.TRACKS]) + 1
+        boxes = layers[TL.BOXES]
+        for k, match in enumerate(self.matches):
+            track.object_box.setValue(first + k)  # new shapes take this object's id
+            x0, y0, x1, y1 = (float(v) for v in match.box)
+            corners = [[*plane, y0, x0], [*plane, y0, x1], [*plane, y1, x1], [*plane, y1, x0]]
+            boxes.add_rectangles(np.array(corners, float))
+        last = first + len(self.matches) - 1
+        where = ", ".join(map(str, plane))
+        self.host._set_status(
+            f"Track: objects {first}-{last} prompted by their boxes in plane ({where}); press Propagate."
+        )
