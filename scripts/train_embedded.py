@@ -33,7 +33,7 @@ SHIPPED = ROOT / "src_core" / "weights" / "sam_vit_tiny.pth"
 # light drop path; the rest is the seed's recipe (AdamW, warm-up 250, step decay,
 # weight decay 0.1).
 CONFIG = TrainConfig(
-    steps=2800,
+    steps=2000,
     batch_size=6,
     masks_per_image=12,
     lr=8e-4,
