@@ -2,25 +2,30 @@
 
 Layers (names are part of the contract, documented in README):
 
-- "SAM track prompts" (Points, (T, Y, X)): clicks; feature ``obj_id`` (the object,
-  >= 1) and ``label`` (1 object, 0 background). Filled with the object's colour in
-  "SAM tracks"; background points have a red border.
-- "SAM track boxes" (Shapes, (T, Y, X)): rectangles; feature ``obj_id``.
-- "SAM tracks" (Labels, (T, Y, X)): the tracked objects, label value = object id.
-- "SAM trajectories" (Tracks): centroids per object over time (time stacks only).
+- "SAM track prompts" (Points, (T, Y, X) or (T, Z, Y, X)): clicks; feature ``obj_id``
+  (the object, >= 1) and ``label`` (1 object, 0 background). Filled with the
+  object's colour in "SAM tracks"; background points have a red border.
+- "SAM track boxes" (Shapes, as the points): rectangles; feature ``obj_id``.
+- "SAM tracks" (Labels, the image's shape without RGB): the tracked objects, label
+  value = object id.
+- "SAM trajectories" (Tracks): centroids per object over time (through time only).
 
 The first axis is time (a video or a (T, Y, X[, C]) stack) or z (a volume): the
-engine does not care, the panel only chooses the functions.
+engine does not care, the panel only chooses the functions. A (T, Z, Y, X) stack
+is tracked through one axis at a time, at the shown plane of the other
+(:class:`TrackAxis`): through time at the shown z, or through z at the shown t.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from src_core.prompts import box_from_corners_rc, rc_to_xy
-from src_core.propagate import KEY, ObjectPrompt, prompts_from_labels, table_from_labels
+from src_core.propagate import KEY, ObjectPrompt, TrackingWriter, prompts_from_labels, table_from_labels
 
 from . import _layers as L
 
@@ -32,13 +37,46 @@ BACKGROUND_BORDER = "red"
 OBJECT_BORDER = "white"
 
 
-def check_stack(image_layer) -> tuple[int, int, int]:
-    """``(n, H, W)`` of an image that can be tracked through, else ValueError saying why."""
+@dataclass(frozen=True)
+class TrackAxis:
+    """The axis tracked through, and where on the other leading axis of a (T, Z, Y, X) stack.
+
+    ``axis`` 0 is the first axis (time, or z of a (Z, Y, X) stack), 1 the z of a
+    (T, Z, Y, X) stack; ``at`` is the index on the other leading axis (None for
+    3D data). :meth:`take` gives the (n, H, W[, C]) array the engine runs on.
+    """
+
+    axis: int = 0
+    at: int | None = None
+
+    def take(self, array):
+        """The tracked (n, Y, X[, C]) part of a (T, Y, X[, C]) or (T, Z, Y, X[, C]) array (a view)."""
+        if self.at is None:
+            return array
+        return array[:, self.at] if self.axis == 0 else array[self.at]
+
+    def plane(self, frame: int) -> tuple[int, ...]:
+        """The leading-axes index of ``frame`` (``(t,)`` or ``(t, z)``)."""
+        if self.at is None:
+            return (int(frame),)
+        return (int(frame), self.at) if self.axis == 0 else (self.at, int(frame))
+
+    def frame(self, plane: tuple[int, ...]) -> int | None:
+        """The frame of a leading-axes index, None if it is not on this axis."""
+        if self.at is None:
+            return int(plane[0])
+        if plane[1 - self.axis] != self.at:
+            return None
+        return int(plane[self.axis])
+
+
+def check_stack(image_layer) -> tuple[int, ...]:
+    """``(n, H, W)`` or ``(T, Z, H, W)`` of an image that can be tracked through, else ValueError."""
     shape = L.spatial_shape(image_layer)
-    if len(shape) != 3:
+    if len(shape) not in (3, 4):
         raise ValueError(
-            f"'{image_layer.name}' has spatial shape {shape}: tracking needs a video or a "
-            "(T, Y, X) / (Z, Y, X) stack (RGB or one channel), the tracked axis first"
+            f"'{image_layer.name}' has spatial shape {shape}: tracking needs a video, a "
+            "(T, Y, X) / (Z, Y, X) stack or a (T, Z, Y, X) stack (RGB or one channel), the tracked axis first"
         )
     return shape  # type: ignore[return-value]
 
@@ -46,7 +84,8 @@ def check_stack(image_layer) -> tuple[int, int, int]:
 def ensure_track_layers(viewer, image_layer) -> dict:
     """Create (or reuse, when they fit the image) the track layers except the Tracks one."""
     shape = check_stack(image_layer)
-    geometry = {"scale": tuple(image_layer.scale)[:3], "translate": tuple(image_layer.translate)[:3]}
+    ndim = len(shape)
+    geometry = {"scale": tuple(image_layer.scale)[:ndim], "translate": tuple(image_layer.translate)[:ndim]}
     existing = {layer.name: layer for layer in viewer.layers}
     layers = {}
     labels = existing.get(TRACKS)
@@ -55,9 +94,9 @@ def ensure_track_layers(viewer, image_layer) -> dict:
     layers[TRACKS] = labels
     size = max(3.0, 0.03 * max(shape[-2:]))
     points = existing.get(PROMPTS)
-    if points is None or points.ndim != 3 or "obj_id" not in points.features:
+    if points is None or points.ndim != ndim or "obj_id" not in points.features:
         points = viewer.add_points(
-            np.zeros((0, 3)),
+            np.zeros((0, ndim)),
             name=PROMPTS,
             features={"obj_id": np.zeros(0, int), "label": np.zeros(0, int)},
             feature_defaults={"obj_id": 1, "label": 1},
@@ -69,10 +108,10 @@ def ensure_track_layers(viewer, image_layer) -> dict:
         )
     layers[PROMPTS] = points
     boxes = existing.get(BOXES)
-    if boxes is None or boxes.ndim != 3 or "obj_id" not in boxes.features:
+    if boxes is None or boxes.ndim != ndim or "obj_id" not in boxes.features:
         boxes = viewer.add_shapes(
             name=BOXES,
-            ndim=3,
+            ndim=ndim,
             features={"obj_id": np.zeros(0, int)},
             feature_defaults={"obj_id": 1},
             edge_color=object_color(labels, 1),
@@ -118,31 +157,39 @@ def largest_id(points_layer, boxes_layer, labels_layer) -> int:
 
 
 def collect_track_prompts(
-    points_layer, boxes_layer, labels_layer, key_frames: Iterable[int] = ()
+    points_layer, boxes_layer, labels_layer, key_frames: Iterable[int] = (), along: TrackAxis = TrackAxis()
 ) -> list[ObjectPrompt]:
     """The objects prompted in the layers, one :class:`ObjectPrompt` per frame and object.
 
     Clicks and boxes of one object on one frame make one prompt (the last box drawn
     wins). On ``key_frames`` (frames the user corrected) every object in "SAM tracks"
     becomes a mask prompt, which replaces that object's clicks on that frame.
+    In a (T, Z, Y, X) stack only the prompts on the tracked axis ``along`` count.
     Raises ValueError (from :class:`ObjectPrompt`) for an object without a positive
     click, box or mask.
     """
     grouped: dict[tuple[int, int], dict] = {}
-    data = np.asarray(points_layer.data, dtype=float).reshape(-1, 3)
+    lead = points_layer.ndim - 2
+    data = np.asarray(points_layer.data, dtype=float).reshape(-1, points_layer.ndim)
     if len(data):
         ids = _ids(points_layer)
         labels = np.asarray(points_layer.features["label"], dtype=int)
         for row, obj_id, label in zip(data, ids, labels):
-            entry = grouped.setdefault((int(round(row[0])), int(obj_id)), {"points": [], "labels": []})
-            entry["points"].append(rc_to_xy(row[1:])[0])
+            frame = along.frame(tuple(int(round(v)) for v in row[:lead]))
+            if frame is None:
+                continue
+            entry = grouped.setdefault((frame, int(obj_id)), {"points": [], "labels": []})
+            entry["points"].append(rc_to_xy(row[lead:])[0])
             entry["labels"].append(int(label))
     for shape_type, corners, obj_id in zip(boxes_layer.shape_type, boxes_layer.data, _ids(boxes_layer)):
         if shape_type != "rectangle":
             continue
         corners = np.asarray(corners, dtype=float)
-        entry = grouped.setdefault((int(round(corners[0, 0])), int(obj_id)), {"points": [], "labels": []})
-        entry["box"] = box_from_corners_rc(corners[:, 1:])
+        frame = along.frame(tuple(int(round(v)) for v in corners[0, :lead]))
+        if frame is None:
+            continue
+        entry = grouped.setdefault((frame, int(obj_id)), {"points": [], "labels": []})
+        entry["box"] = box_from_corners_rc(corners[:, lead:])
     prompts = {}
     for (frame, obj_id), entry in grouped.items():
         prompts[frame, obj_id] = ObjectPrompt(
@@ -152,10 +199,38 @@ def collect_track_prompts(
             labels=np.asarray(entry["labels"], int),
             box=entry.get("box"),
         )
+    tracks = along.take(labels_layer.data)
     for frame in sorted(set(key_frames)):
-        for p in prompts_from_labels(np.asarray(labels_layer.data[frame]), frame, key=True):
+        for p in prompts_from_labels(np.asarray(tracks[frame]), frame, key=True):
             prompts[frame, p.obj_id] = p
     return [prompts[k] for k in sorted(prompts)]
+
+
+def combine_tables(*tables: np.ndarray) -> np.ndarray:
+    """Tables (structured, as ``TrackingWriter.table``) in one, one row per frame and id: the last wins."""
+    parts = [t for t in tables if len(t)]
+    if not parts:
+        return tables[0] if tables else TrackingWriter().table
+    merged = np.concatenate(parts)
+    key = merged["frame"] * (int(merged["id"].max()) + 1) + merged["id"]
+    _, last = np.unique(key[::-1], return_index=True)
+    kept = merged[len(merged) - 1 - last]
+    return kept[np.lexsort((kept["id"], kept["frame"]))]
+
+
+def changed_planes(event_value, lead_shape: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The leading-axes indices (``(t,)`` or ``(t, z)``) a Labels ``paint`` event touched."""
+    planes: set[tuple[int, ...]] = set()
+    for indices, *_ in event_value:
+        lead = list(indices[: len(lead_shape)])
+        if any(isinstance(i, slice) for i in lead):  # whole axes: every index they cover
+            ranges = [range(*i.indices(n)) if isinstance(i, slice) else np.unique(np.asarray(i))
+                      for i, n in zip(lead, lead_shape)]
+            planes.update(tuple(int(v) for v in combo) for combo in itertools.product(*ranges))
+            continue
+        stacked = np.stack([np.asarray(i).reshape(-1) for i in lead], axis=1)
+        planes.update(tuple(int(v) for v in row) for row in np.unique(stacked, axis=0))
+    return planes
 
 
 def merge_key_frames(table: np.ndarray, labels, key_frames: Iterable[int]) -> np.ndarray:

@@ -5,10 +5,14 @@ its own id and colour; "New object" or O starts the next one), choose a range an
 direction, and Propagate: :func:`~src_core.propagate.propagate` (time) or
 :func:`~src_core.propagate.propagate_volume` (z) runs in one of the widget's jobs,
 reading frames lazily from the image layer, and every frame's labels appear in
-"SAM tracks" as it is done. Painting on a frame of "SAM tracks" makes it a key frame:
-its labels are given to the next run as the objects' masks and never overwritten.
+"SAM tracks" as it is done. A run first clears the frames it will fill (what an
+earlier run left there goes). Painting on a frame of "SAM tracks" makes it a key
+frame: its labels are given to the next run as the objects' masks (an object erased
+there is lost on it) and never overwritten, not even while a run goes on.
 Results also go to a Tracks layer; Export writes the engine's table, trajectories
-and overlay video.
+and overlay video. "Settings" holds the engine's prompt recipe and its accept/reject
+thresholds. A (T, Z, Y, X) stack is tracked through time at the shown z (or through
+z at the shown t).
 
 The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
 viewer, the predictor, the chosen image, its normalization and the job runner.
@@ -16,6 +20,8 @@ viewer, the predictor, the chosen image, its normalization and the job runner.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +30,36 @@ import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QWidget,
     QVBoxLayout,
 )
 
 from src_core.propagate import (
+    DEFAULT_RECIPE,
     DIRECTIONS,
+    RECIPES,
+    VOLUME_QC,
     PropagationError,
+    QualityControl,
     TrackingWriter,
     propagate,
     propagate_volume,
+    resume_prompts,
     tracks_data,
     write_overlay_video,
     write_table,
@@ -55,6 +70,21 @@ from . import _layers as L
 from . import _track_layers as T
 
 AXES = ("time (video, T stack)", "z (volume)")
+#: The engine's defaults, shown in "Settings": QC thresholds per axis, frames a lost object is searched for.
+DEFAULT_QC = (QualityControl(), VOLUME_QC)
+DEFAULT_SEARCH_FRAMES = inspect.signature(propagate).parameters["search_frames"].default
+
+
+def describe_recipe(name: str) -> str:
+    """One line saying what a prompt recipe gives SAM on every frame."""
+    r = RECIPES[name]
+    parts = [text for on, text in (
+        (r.box, "the moved, enlarged box"), (r.mask_logits, "the previous mask logits"),
+        (r.interior_point, "a click inside"), (r.negative_points, "the neighbours as background clicks"),
+    ) if on]
+    extra = ("" if r.motion else "; no motion model") + ("; 3 candidates, the best kept" if r.multimask else "")
+    default = " (default)" if r == DEFAULT_RECIPE else ""
+    return f"{name}{default}: " + ", ".join(parts) + extra
 
 
 @dataclass(frozen=True)
@@ -66,18 +96,20 @@ class TrackOutcome:
     message: str = ""
 
 
-def run_propagation(results, writer: TrackingWriter, should_stop):
+def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
     """Consume the engine's generator, write each result, yield it (runs in a worker; no Qt).
 
-    Returns a :class:`TrackOutcome`. Never raises a RuntimeError: napari's generator
-    workers swallow those without finishing.
+    Frames for which ``keep(frame)`` is true (key frames) are not written. Returns a
+    :class:`TrackOutcome`. Never raises a RuntimeError: napari's generator workers
+    swallow those without finishing.
     """
     from src_core.model.image_encoder import EncodingCancelled
 
     done = 0
     try:
         for result in results:
-            writer.write(result)  # paints the labels array: the next frames read it as context
+            if keep is None or not keep(result.frame):
+                writer.write(result)  # paints the labels array: the next frames read it as context
             done += 1
             yield result
             if should_stop():
@@ -98,9 +130,13 @@ class TrackPanel(QWidget):
         super().__init__()
         self.host = host
         self.layers: dict = {}
-        self.key_frames: set[int] = set()
-        self.writer: TrackingWriter | None = None  # keeps the rows of every run (last wins)
+        # corrected planes, (t,) or (t, z): replaced, never changed in place (workers read it)
+        self._key_planes: frozenset[tuple[int, ...]] = frozenset()
+        self._tables: dict[T.TrackAxis, np.ndarray] = {}  # the rows of the finished runs, per axis
+        self.writer: TrackingWriter | None = None  # the running run's
+        self._run_axis: T.TrackAxis | None = None
         self._stop = threading.Event()
+        self._done = 0
         self._progress: progress | None = None
         self._connected: set[int] = set()
         self.outcome: TrackOutcome | None = None  # how the last run ended
@@ -132,7 +168,7 @@ class TrackPanel(QWidget):
             "Time: objects are followed frame by frame, lost ones searched for, with trajectories. "
             "z: each object is followed up and down from its slices and ends where it ends."
         )
-        self.axis_box.currentIndexChanged.connect(lambda i: self.direction_box.setEnabled(i == 0))
+        self.axis_box.currentIndexChanged.connect(self._on_axis_changed)
         self.direction_box = QComboBox()
         self.direction_box.addItems(DIRECTIONS)
         self.direction_box.setCurrentText("both")
@@ -186,19 +222,153 @@ class TrackPanel(QWidget):
         form.addRow("direction", self.direction_box)
         form.addRow("frames", span)
         form.addRow(self.follow_check)
+        form.addRow(self._build_settings())
         form.addRow(buttons)
         form.addRow(self.keys_label)
         form.addRow(key_buttons)
         form.addRow("export", exports)
 
+    def _build_settings(self) -> QWidget:
+        """'Settings' (folded): the prompt recipe and the QC thresholds, the engine's defaults."""
+        holder = QWidget()
+        outer = QVBoxLayout(holder)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        header = QHBoxLayout()
+        self.settings_button = QToolButton()
+        self.settings_button.setText("Settings")
+        self.settings_button.setCheckable(True)
+        self.settings_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.settings_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.settings_button.setAutoRaise(True)
+        self.settings_button.setToolTip("How each frame is prompted, and when a mask is rejected (the object lost).")
+        self.settings_button.toggled.connect(self._fold_settings)
+        defaults = QPushButton("Defaults")
+        defaults.setToolTip("The engine's defaults for the chosen axis.")
+        defaults.clicked.connect(self.reset_settings)
+        header.addWidget(self.settings_button)
+        header.addStretch(1)
+        header.addWidget(defaults)
+        outer.addLayout(header)
+        self.settings_area = QWidget()
+        grid = QGridLayout(self.settings_area)
+        grid.setContentsMargins(12, 0, 0, 0)
+        grid.setVerticalSpacing(2)
+        self.recipe_box = QComboBox()
+        for i, name in enumerate(RECIPES):
+            self.recipe_box.addItem(name)
+            self.recipe_box.setItemData(i, describe_recipe(name), Qt.ItemDataRole.ToolTipRole)
+        self.recipe_box.setToolTip(
+            "How an object's prompt on the next frame is made from its mask on this one:\n"
+            + "\n".join(describe_recipe(name) for name in RECIPES)
+        )
+        qc = QualityControl()
+
+        def number(low, high, step, tip, decimals=2):
+            box = QDoubleSpinBox()
+            box.setRange(low, high)
+            box.setSingleStep(step)
+            box.setDecimals(decimals)
+            box.setToolTip(tip)
+            return box
+
+        self.min_score_box = number(0.0, 1.0, 0.05, "Reject a mask whose predicted IoU (SAM's own estimate) is lower.")
+        self.min_stability_box = number(
+            0.0, 1.0, 0.05, "Reject a mask that changes this much when the logit threshold moves by "
+            f"+-{qc.stability_offset:g} (stability score)."
+        )
+        self.max_area_box = number(
+            1.0, 100.0, 0.1, "Reject a mask whose area is more than this many times (or less than 1/this of) "
+            "the object's area on the previous frame.", decimals=1,
+        )
+        self.search_box = QSpinBox()
+        self.search_box.setRange(0, 100000)
+        self.search_box.setToolTip(
+            "Frames a lost object is searched for around its predicted position before it is given up "
+            "(0: it ends where it is lost). Along z an object always ends where it is lost."
+        )
+        for row, (label, box, label2, box2) in enumerate((
+            ("min pred. IoU", self.min_score_box, "min stability", self.min_stability_box),
+            ("max area change \u00d7", self.max_area_box, "search frames K", self.search_box),
+        )):
+            grid.addWidget(QLabel(label), row + 1, 0)
+            grid.addWidget(box, row + 1, 1)
+            grid.addWidget(QLabel(label2), row + 1, 2)
+            grid.addWidget(box2, row + 1, 3)
+        grid.addWidget(QLabel("prompt recipe"), 0, 0)
+        grid.addWidget(self.recipe_box, 0, 1, 1, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        outer.addWidget(self.settings_area)
+        self.settings_area.setVisible(False)
+        self.reset_settings()
+        return holder
+
+    def _fold_settings(self, shown: bool) -> None:
+        self.settings_area.setVisible(shown)
+        self.settings_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def reset_settings(self) -> None:
+        """The engine's defaults (QC thresholds of the chosen axis)."""
+        along_z = self.axis_box.currentIndex() == 1
+        qc = DEFAULT_QC[int(along_z)]
+        self.recipe_box.setCurrentText(DEFAULT_RECIPE.name)
+        self.min_score_box.setValue(qc.min_score)
+        self.min_stability_box.setValue(qc.min_stability)
+        self.max_area_box.setValue(qc.max_area_change)
+        self.search_box.setValue(DEFAULT_SEARCH_FRAMES)
+        self.search_box.setEnabled(not along_z)
+
+    def settings(self) -> dict:
+        """The engine's keyword arguments set in "Settings": ``recipe``, ``qc`` (and ``search_frames`` in time)."""
+        along_z = self.axis_box.currentIndex() == 1
+        qc = dataclasses.replace(
+            DEFAULT_QC[int(along_z)],
+            min_score=self.min_score_box.value(),
+            min_stability=self.min_stability_box.value(),
+            max_area_change=self.max_area_box.value(),
+        )
+        out = {"recipe": self.recipe_box.currentText(), "qc": qc}
+        if not along_z:
+            out["search_frames"] = self.search_box.value()
+        return out
+
+    def _on_axis_changed(self, index: int) -> None:
+        self.direction_box.setEnabled(index == 0)
+        self.search_box.setEnabled(index == 0)
+        # the other axis's default area limit follows the axis (a value the user set stays)
+        before, after = DEFAULT_QC[1 - index].max_area_change, DEFAULT_QC[index].max_area_change
+        if abs(self.max_area_box.value() - before) < 1e-9:
+            self.max_area_box.setValue(after)
+        if self.layers:
+            self._update_range()
+            self._show_keys()
+
     # -- layers and prompts -------------------------------------------------------------
+
+    def track_axis(self) -> T.TrackAxis:
+        """The axis a run goes through now: the first axis, or in a (T, Z, Y, X) stack
+        time at the shown z ("along" time) or z at the shown t ("along" z)."""
+        image = self.host.image_layer
+        if image is None or len(L.spatial_shape(image)) != 4:
+            return T.TrackAxis()
+        t, z = L.current_plane(image, self.host.viewer)
+        return T.TrackAxis(0, z) if self.axis_box.currentIndex() == 0 else T.TrackAxis(1, t)
 
     def current_frame(self) -> int:
         image = self.host.image_layer
         if image is None:
             return 0
         plane = L.current_plane(image, self.host.viewer)
-        return plane[0] if plane else 0
+        return plane[self.track_axis().axis] if plane else 0
+
+    @property
+    def key_frames(self) -> set[int]:
+        """The corrected frames on the axis tracked now (see :meth:`track_axis`)."""
+        return self._keys_on(self.track_axis())
+
+    def _keys_on(self, along: T.TrackAxis) -> set[int]:
+        return {f for f in map(along.frame, self._key_planes) if f is not None}
 
     def prepare(self) -> bool:
         """Make (or find) the track layers for the chosen image; False (with a message) if it can't be tracked."""
@@ -212,17 +382,22 @@ class TrackPanel(QWidget):
             show_error(f"Track: {err}")
             return False
         if layers.get(T.TRACKS) is not self.layers.get(T.TRACKS):
-            self.key_frames, self.writer = set(), None  # other tracks: start over
-            self._show_keys()
+            self._key_planes, self._tables, self.writer = frozenset(), {}, None  # other tracks: start over
         self.layers = layers
-        n = layers[T.TRACKS].data.shape[0]
-        for spin in (self.first_box, self.last_box):
-            spin.setMaximum(n - 1)
-        if self.last_box.value() == 0:
-            self.last_box.setValue(n - 1)
+        self._update_range()
+        self._show_keys()
         self._connect(layers)
         self._on_object_changed()
         return True
+
+    def _update_range(self) -> None:
+        """Frame spin boxes up to the length of the tracked axis."""
+        n = self.layers[T.TRACKS].data.shape[self.track_axis().axis]
+        was_full = self.last_box.value() in (0, self.last_box.maximum())
+        for spin in (self.first_box, self.last_box):
+            spin.setMaximum(n - 1)
+        if was_full:
+            self.last_box.setValue(n - 1)
 
     def _connect(self, layers: dict) -> None:
         points, boxes, labels = layers[T.PROMPTS], layers[T.BOXES], layers[T.TRACKS]
@@ -269,32 +444,32 @@ class TrackPanel(QWidget):
     # -- key frames ---------------------------------------------------------------------
 
     def _on_paint(self, event) -> None:
-        frames = set()
-        n = self.layers[T.TRACKS].data.shape[0] if self.layers else 0
-        for indices, *_ in event.value:
-            first = indices[0]
-            if isinstance(first, slice):
-                frames.update(range(*first.indices(n)))
-            else:
-                frames.update(int(f) for f in np.unique(np.asarray(first)))
-        if frames - self.key_frames:
-            self.key_frames |= frames
+        if not self.layers:
+            return
+        lead_shape = tuple(self.layers[T.TRACKS].data.shape[:-2])
+        planes = T.changed_planes(event.value, lead_shape)
+        if planes - self._key_planes:
+            self._key_planes = self._key_planes | planes  # a run in progress stops painting them
             self._show_keys()
 
     def mark_key_frame(self, frame: int | None = None) -> None:
         if not self.layers and not self.prepare():
             return
-        self.key_frames.add(self.current_frame() if frame is None else int(frame))
+        frame = self.current_frame() if frame is None else int(frame)
+        self._key_planes = self._key_planes | {self.track_axis().plane(frame)}
         self._show_keys()
 
     def unmark_key_frame(self, frame: int | None = None) -> None:
-        self.key_frames.discard(self.current_frame() if frame is None else int(frame))
+        frame = self.current_frame() if frame is None else int(frame)
+        self._key_planes = self._key_planes - {self.track_axis().plane(frame)}
         self._show_keys()
 
     def _show_keys(self) -> None:
         keys = sorted(self.key_frames)
         text = ", ".join(map(str, keys[:20])) + (" ..." if len(keys) > 20 else "")
-        self.keys_label.setText(f"key frames: {text or 'none'}")
+        along = self.track_axis()
+        where = "" if along.at is None else f" (at {'z' if along.axis == 0 else 't'} {along.at})"
+        self.keys_label.setText(f"key frames{where}: {text or 'none'}")
 
     # -- run and cancel -----------------------------------------------------------------
 
@@ -311,37 +486,44 @@ class TrackPanel(QWidget):
             return
         image = host.image_layer
         labels_layer = self.layers[T.TRACKS]
+        along = self.track_axis()
+        frames, tracks = along.take(image.data), along.take(labels_layer.data)
         start, stop = self.first_box.value(), self.last_box.value() + 1
         along_z = self.axis_box.currentIndex() == 1
+        direction = "both" if along_z else self.direction_box.currentText()
+        keys = self._keys_on(along)
         # the tracked image alone: extra channel layers are not read frame by frame
         kwargs = host.image_panel.normalization(image, [image])
         model_id = getattr(getattr(host.predictor, "model", None), "weights_id", None)
         cache = host._embedding_cache() if model_id else None
+        settings = self.settings()
         try:
             prompts = T.collect_track_prompts(
-                self.layers[T.PROMPTS], self.layers[T.BOXES], labels_layer, self.key_frames
+                self.layers[T.PROMPTS], self.layers[T.BOXES], labels_layer, keys, along
             )
             if not prompts:
                 raise ValueError("no object is prompted: click on an object or draw a box in "
                                  f"'{T.PROMPTS}'/'{T.BOXES}', or paint it in '{T.TRACKS}'")
-            common = dict(start=start, stop=stop, set_image_kwargs=kwargs, cache=cache, model_id=model_id)
+            common = dict(start=start, stop=stop, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
+                          key_frames=keys, **settings)
             if along_z:
-                results = propagate_volume(image.data, host.predictor, prompts, labels=labels_layer.data, **common)
+                results = propagate_volume(frames, host.predictor, prompts, labels=tracks, **common)
             else:
+                prompts += self._still_lost(tracks, prompts, keys, start, stop, direction, settings["search_frames"])
                 results = propagate(
-                    image.data, host.predictor, prompts, direction=self.direction_box.currentText(),
-                    context_labels=labels_layer.data, **common,
+                    frames, host.predictor, prompts, direction=direction, context_labels=tracks, **common,
                 )
         except ValueError as err:
             show_error(f"Track: {err}")
             return
-        if self.writer is None or self.writer.labels is not labels_layer.data:
-            self.writer = TrackingWriter(labels_layer.data)
+        self._clear(along, tracks, self._visited(prompts, direction, start, stop) - keys)
+        self.writer, self._run_axis, self._done = TrackingWriter(tracks), along, 0
         self._stop.clear()
-        worker = thread_worker(run_propagation, ignore_errors=True)(results, self.writer, self._stop.is_set)
+        keep = lambda frame: along.plane(frame) in self._key_planes  # noqa: E731 (read live: painted mid-run too)
+        worker = thread_worker(run_propagation, ignore_errors=True)(results, self.writer, self._stop.is_set, keep)
         worker.yielded.connect(self._on_result)
         worker.returned.connect(self._on_outcome)
-        worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", -1)))
+        worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", self._done)))
         worker.finished.connect(self._on_done)
         host._embedded = None  # the predictor will hold other frames: the shown one comes back after
         if host.segmenter is not None:
@@ -354,20 +536,58 @@ class TrackPanel(QWidget):
         self.cancel_button.setEnabled(True)
         host._run(worker)
 
+    @staticmethod
+    def _visited(prompts, direction: str, start: int, stop: int) -> set[int]:
+        """The frames a run will fill (as the engine plans its passes)."""
+        frames = [p.frame for p in prompts if start <= p.frame < stop]
+        if direction == "forward":
+            return set(range(min(frames), stop))
+        if direction == "backward":
+            return set(range(start, max(frames) + 1))
+        return set(range(start, stop))
+
+    def _clear(self, along: T.TrackAxis, tracks, frames: set[int]) -> None:
+        """Forget what earlier runs left on ``frames`` (labels and table rows): the run fills them again."""
+        for t in sorted(frames):
+            if np.asarray(tracks[t]).any():
+                tracks[t] = 0
+        table = self._tables.get(along)
+        if table is not None and len(table):
+            self._tables[along] = table[~np.isin(table["frame"], sorted(frames))]
+        self.layers[T.TRACKS].refresh()
+
+    @staticmethod
+    def _still_lost(tracks, prompts, keys, start, stop, direction, search_frames) -> list:
+        """Objects lost on the key frame a run starts from, to be searched for on (as the engine does mid-run).
+
+        They were tracked on the frames before (an earlier run) but are not on the
+        corrected frame: the user erased them there, or they had been lost already.
+        """
+        edge, step = (stop - 1, -1) if direction == "backward" else (start, 1)
+        if edge not in keys or not search_frames:
+            return []
+        here = {p.obj_id for p in prompts if p.frame == edge}
+        seeds = resume_prompts(tracks, edge, step, search_frames=search_frames)
+        return [p for p in seeds if p.lost_for and p.obj_id not in here]
+
     def cancel(self) -> None:
         """Stop after the frame being tracked (everything tracked so far is kept)."""
         self._stop.set()
+        if self._progress is None:
+            return  # no run: the next one clears the flag
         if hasattr(self.host.predictor, "cancel"):
             self.host.predictor.cancel()  # within an embedding
         self.host._set_status("cancelling tracking ...")
 
     def _on_result(self, result) -> None:
+        self._done += 1
         labels = self.layers.get(T.TRACKS)
         if labels is not None:
             labels.refresh()
-        if self.follow_check.isChecked():
+        if self.follow_check.isChecked() and self._run_axis is not None:
             step = list(self.host.viewer.dims.current_step)
-            axis = self.host.viewer.dims.ndim - 3  # the tracked axis is the image's first spatial axis
+            # the tracked axis among the image's spatial axes
+            axis = self.host.viewer.dims.ndim - labels.data.ndim + self._run_axis.axis
             if step[axis] != result.frame:
                 step[axis] = result.frame
                 self.host.viewer.dims.current_step = tuple(step)
@@ -396,6 +616,9 @@ class TrackPanel(QWidget):
 
     def _on_done(self) -> None:
         self._stop.clear()
+        if self.writer is not None and self._run_axis is not None:  # keep the run's rows
+            self._tables[self._run_axis] = T.combine_tables(self._table_of(self._run_axis), self.writer.table)
+            self.writer = None
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -406,16 +629,26 @@ class TrackPanel(QWidget):
             self.layers[T.TRACKS].refresh()
 
     def _update_tracks(self) -> None:
-        """Show the centroids over time as a Tracks layer (time only: along z they mean little)."""
-        if self.axis_box.currentIndex() == 1 or not self.layers:
+        """Show the centroids over time as a Tracks layer (time only: along z they mean little).
+
+        In a (T, Z, Y, X) stack the tracks of the z tracked last are shown, at that z.
+        """
+        along = self._run_axis
+        if self.axis_box.currentIndex() == 1 or not self.layers or along is None or along.axis != 0:
             return
-        data, graph = tracks_data(self.table())
-        viewer, image = self.host.viewer, self.host.image_layer
-        existing = {layer.name: layer for layer in viewer.layers}.get(T.TRAJECTORIES)
+        data, graph = tracks_data(self.table(along))
         if not len(data):
             return
+        if along.at is not None:  # (id, t, z, y, x)
+            data = np.insert(data, 2, float(along.at), axis=1)
+        viewer, image = self.host.viewer, self.host.image_layer
+        existing = {layer.name: layer for layer in viewer.layers}.get(T.TRAJECTORIES)
+        if existing is not None and existing.data.shape[1] != data.shape[1]:
+            viewer.layers.remove(existing)  # another image's dimensions
+            existing = None
         if existing is None:
-            geometry = {"scale": tuple(image.scale)[:3], "translate": tuple(image.translate)[:3]}
+            ndim = data.shape[1] - 1
+            geometry = {"scale": tuple(image.scale)[:ndim], "translate": tuple(image.translate)[:ndim]}
             viewer.add_tracks(data, graph=graph, name=T.TRAJECTORIES, tail_length=30, **geometry)
             viewer.layers.selection.active = self.layers[T.TRACKS]
         else:
@@ -425,13 +658,22 @@ class TrackPanel(QWidget):
 
     # -- results and exports ------------------------------------------------------------
 
-    def table(self) -> np.ndarray:
-        """Every tracked row (the last run wins), with key frames measured from the labels."""
-        writer = self.writer or TrackingWriter()
-        labels = self.layers[T.TRACKS].data if self.layers else None
-        if labels is None:
-            return writer.table
-        return T.merge_key_frames(writer.table, labels, self.key_frames)
+    def _table_of(self, along: T.TrackAxis) -> np.ndarray:
+        rows = self._tables.get(along, TrackingWriter().table)
+        if self.writer is not None and self._run_axis == along:  # a run in progress
+            rows = T.combine_tables(rows, self.writer.table)
+        return rows
+
+    def table(self, along: T.TrackAxis | None = None) -> np.ndarray:
+        """Every tracked row on the axis (default: the one tracked now; the last run wins).
+
+        Key frames are measured from the labels (the user may have edited them).
+        """
+        along = self.track_axis() if along is None else along
+        rows = self._table_of(along)
+        if not self.layers:
+            return rows
+        return T.merge_key_frames(rows, along.take(self.layers[T.TRACKS].data), self._keys_on(along))
 
     def _target(self, path, title: str, pattern: str) -> Path | None:
         if not self.layers:
@@ -462,7 +704,8 @@ class TrackPanel(QWidget):
         if path is None:
             return None
         try:
-            write_trajectories(path, self.table(), n_frames=self.layers[T.TRACKS].data.shape[0])
+            n = self.layers[T.TRACKS].data.shape[self.track_axis().axis]
+            write_trajectories(path, self.table(), n_frames=n)
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
@@ -477,8 +720,8 @@ class TrackPanel(QWidget):
         if not self.host.idle:
             show_warning("Busy: wait for the current job to finish (or cancel it).")
             return None
-        image = self.host.image_layer
-        frames, labels = image.data, self.layers[T.TRACKS].data
+        image, along = self.host.image_layer, self.track_axis()
+        frames, labels = along.take(image.data), along.take(self.layers[T.TRACKS].data)
         fps = float(image.metadata.get("fps", 15.0) or 15.0)
         worker = thread_worker(
             write_overlay_video, ignore_errors=True, progress={"total": 0, "desc": "Writing overlay video"}

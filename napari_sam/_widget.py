@@ -459,6 +459,7 @@ class SegmentAnythingWidget(QWidget):
         self.everything.cancel()
         self.text.cancel()
         self.finetune.cancel()
+        self.track.cancel()  # tracking stops between frames; the frames done are kept
         if hasattr(self._worker, "quit"):
             self._worker.quit()  # generator workers: 'embed all slices' stops between slices
         if hasattr(self.predictor, "cancel"):

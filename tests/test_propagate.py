@@ -32,10 +32,12 @@ from src_core.propagate import (
     TrackingWriter,
     evaluate,
     load_prompts,
+    paint_labels,
     prompts_from_labels,
     propagate,
     propagate_volume,
     read_table,
+    resume_prompts,
     save_prompts,
     segment_volume,
     tracks_data,
@@ -212,6 +214,21 @@ def test_key_frames_are_never_overwritten(direction):
     key40 = [r.objects[3] for r in results if r.frame == 40 and 3 in r.objects]
     assert len(key40) == 1 and key40[0].status == KEY
     np.testing.assert_array_equal(labels[40] == 3, key40[0].mask)
+
+
+def test_an_object_erased_on_a_key_frame_is_lost_there_then_searched_for():
+    scene = make_scene("crossing", size=SIZE)
+    kept = scene.labels(20)
+    kept[kept == 3] = 0  # the user erased object 3 on frame 20
+    prompts = scene.prompts(0) + prompts_from_labels(kept, 20, key=True)
+    labels, results = track(scene, prompts, key_frames=[20])
+    status = statuses_of(results, 3)
+    assert status[20] == LOST and not (labels[20] == 3).any()
+    assert "key frame 20" in next(r.objects[3].reason for r in results if r.frame == 20)
+    assert status[21] == REFOUND  # still there: found again next to where it was
+    # without key_frames the tracker does not know frame 20 was corrected as a whole
+    _, plain = track(scene, prompts, stop=21)
+    assert statuses_of(plain, 3)[20] == TRACKED
 
 
 def test_objects_never_share_pixels():
@@ -418,6 +435,51 @@ def test_unreadable_frame_stops_with_partial_results_kept_then_resume(tmp_path):
     assert len(final) == 3 * len(scene)
     scores = evaluate(scene.ground_truth(), labels)
     assert scores.mean_j >= 0.9 and scores.id_switches == 0, scores.summary()
+
+
+def test_resume_goes_on_searching_for_an_object_lost_at_the_interruption():
+    scene = make_scene("occlusion", size=SIZE)
+    gt = scene.ground_truth()
+    hidden = [t for t in range(len(scene)) if not (gt[t] == 1).any()]
+    segmenter = StandInSegmenter(scene.labels_for_image)
+    stop_at = hidden[3]  # the video breaks while animal 1 is behind the occluder
+    labels = np.zeros(scene.shape, np.int32)
+    with pytest.raises(PropagationError):
+        for r in propagate(BrokenFrames(scene, stop_at), segmenter, scene.prompts(0)):
+            paint_labels(labels, r)
+    last = stop_at - 1
+    assert not (labels[last] == 1).any()
+
+    def resume(seeds):
+        out, status = labels.copy(), {}
+        for r in propagate(scene, segmenter, seeds, start=last):
+            if r.frame > last:
+                paint_labels(out, r)
+            if 1 in r.objects:
+                status[r.frame] = r.objects[1].status
+        return out, status
+
+    # the labels of the last frame alone forget animal 1: it is never looked for again
+    _, status = resume(prompts_from_labels(labels[last], last))
+    assert not status
+    seeds = resume_prompts(labels, last)
+    lost = {p.obj_id: p for p in seeds}[1]
+    assert lost.lost_for >= 1 and not lost.key and len(lost.history) >= 5
+    assert {p.obj_id: p.lost_for for p in seeds}[2] == 0
+    resumed, status = resume(seeds)
+    assert status[last] == LOST
+    back = [t for t, s in status.items() if s == REFOUND]
+    assert back and back[0] <= hidden[-1] + 4, status  # found again as soon as it comes out
+    assert evaluate(gt, resumed).id_switches == 0
+    # as if the run had not stopped
+    uninterrupted, _ = track(scene)
+    assert (resumed == uninterrupted).mean() > 0.999
+    # lost for longer than the search lasts: given up, not resumed
+    assert 1 not in {p.obj_id for p in resume_prompts(labels, last, search_frames=lost.lost_for - 1)}
+    # backward runs look the other way
+    assert {p.obj_id for p in resume_prompts(labels, hidden[0], direction=-1, search_frames=5)} == {2, 3}
+    with pytest.raises(ValueError, match="lost seed"):
+        ObjectPrompt(5, 1, mask=labels[0] == 2, lost_for=2)  # key by default
 
 
 def test_bad_prompts_are_clear_errors():

@@ -1,5 +1,6 @@
 """The "Track" panel: prompts per object, propagation in a worker, key frames, cancel,
-exports, z-stacks, lazy video, the real model, and a screenshot.
+re-runs, settings, exports, z-stacks, (T, Z, Y, X) stacks, lazy video, the real model,
+and a screenshot.
 
 Masks come from the engine's deterministic stand-in segmenter on synthetic scenes with
 ground truth, so the assertions measure the panel's plumbing, not a model.
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_sam import _track_layers as T
-from src_core.propagate import evaluate, read_table
+from src_core.propagate import DEFAULT_RECIPE, VOLUME_QC, QualityControl, evaluate, read_table
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
 from src_core.propagate.synthetic import make_scene
 
@@ -154,6 +155,195 @@ class SlowSegmenter(StandInSegmenter):
         self.started.set()
 
 
+class GatedSegmenter(StandInSegmenter):
+    """The stand-in, held before its ``after``-th image until ``gate`` is set (the test acts meanwhile)."""
+
+    def __init__(self, *args, after=10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate, self.after, self.images = threading.Event(), after, 0
+
+    def set_image(self, image, **kwargs):
+        self.images += 1
+        if self.images == self.after:
+            assert self.gate.wait(20)
+        super().set_image(image, **kwargs)
+
+
+def test_key_frames_are_never_painted_even_mid_run(widget, scene, qtbot):
+    segmenter = GatedSegmenter(scene.labels_for_image, after=10**9)
+    viewer, w = widget(scene[:], segmenter)
+    panel = w.track
+    prompt_scene(w, scene, 0)
+    panel.direction_box.setCurrentText("forward")
+    panel.follow_check.setChecked(False)
+    panel.last_box.setValue(29)
+    panel.run()
+    wait_done(qtbot, w)
+    labels_layer = panel.layers[T.TRACKS]
+    # the user erases object 3 on frame 20 (a napari fill with 0): a key frame without it
+    viewer.dims.current_step = (20, 0, 0)
+    ys, xs = np.nonzero(labels_layer.data[20] == 3)
+    labels_layer.fill((20, ys[len(ys) // 2], xs[len(xs) // 2]), 0)
+    assert panel.key_frames == {20} and not (labels_layer.data[20] == 3).any()
+    corrected = labels_layer.data[20].copy()
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown frame is embedded
+    # propagate again from frame 0: at every frame done, frame 20 is as the user left it
+    segmenter.images, segmenter.after = 0, 12
+    seen = []
+    panel.run()
+    w._worker.yielded.connect(lambda r: seen.append(np.array_equal(labels_layer.data[20], corrected)))
+    qtbot.waitUntil(lambda: segmenter.images >= 12, timeout=10000)
+    # mid-run, the user paints object 7 on frame 27, not reached yet: a key frame too
+    labels_layer.selected_label = 7
+    labels_layer.brush_size = 7
+    labels_layer.paint((27, 6, 6), 7)
+    painted = labels_layer.data[27].copy()
+    assert panel.key_frames == {20, 27}
+    segmenter.gate.set()
+    wait_done(qtbot, w)
+    assert len(seen) == 30 and all(seen)
+    np.testing.assert_array_equal(labels_layer.data[27], painted)  # the run went past it: not painted
+    table = panel.table()
+    assert 3 not in table[table["frame"] == 20]["id"]
+    assert set(table[table["frame"] == 27]["id"]) == {7}
+    # erased on frame 20 only: object 3 is lost there, then searched for and found on
+    assert (labels_layer.data[21] == 3).any() and (labels_layer.data[29] == 3).any()
+
+
+def test_rerun_replaces_the_previous_results_in_its_range(widget, scene, qtbot):
+    viewer, w = widget(scene[:], StandInSegmenter(scene.labels_for_image))
+    panel = w.track
+    prompt_scene(w, scene, 15)
+    panel.follow_check.setChecked(False)
+    panel.last_box.setValue(29)
+    panel.run()
+    wait_done(qtbot, w)
+    labels = panel.layers[T.TRACKS].data
+    assert all((labels[t] == 2).any() for t in range(30))
+    before = labels[20:].copy()
+    # object 2 was a mistake: its click goes, and frames 0-19 are tracked again
+    points = panel.layers[T.PROMPTS]
+    points.selected_data = {int(np.flatnonzero(points.features["obj_id"] == 2)[0])}
+    points.remove_selected()
+    panel.last_box.setValue(19)
+    panel.run()
+    wait_done(qtbot, w)
+    assert not (labels[:20] == 2).any()  # nothing left of the first run in the range
+    assert all((labels[t] == 1).any() and (labels[t] == 3).any() for t in range(20))
+    np.testing.assert_array_equal(labels[20:], before)  # outside the range: as it was
+    table = panel.table()
+    assert set(table[table["frame"] < 20]["id"]) == {1, 3}
+    assert set(table[table["frame"] >= 20]["id"]) == {1, 2, 3}
+
+
+def test_settings_reach_the_engine(widget, scene, qtbot, monkeypatch):
+    from napari_sam import _track_panel
+
+    calls = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(_track_panel, "propagate", spy(_track_panel.propagate))
+    monkeypatch.setattr(_track_panel, "propagate_volume", spy(_track_panel.propagate_volume))
+    viewer, w = widget(scene[:], StandInSegmenter(scene.labels_for_image))
+    panel = w.track
+    # folded at first; the engine's defaults
+    assert panel.settings_area.isHidden()
+    panel.settings_button.setChecked(True)
+    assert not panel.settings_area.isHidden()
+    qc = QualityControl()
+    assert panel.recipe_box.currentText() == DEFAULT_RECIPE.name
+    assert (panel.min_score_box.value(), panel.min_stability_box.value()) == (qc.min_score, qc.min_stability)
+    assert panel.max_area_box.value() == qc.max_area_change and panel.search_box.value() == 30
+    panel.recipe_box.setCurrentText("full")
+    panel.min_score_box.setValue(0.5)
+    panel.min_stability_box.setValue(0.65)
+    panel.max_area_box.setValue(2.2)
+    panel.search_box.setValue(7)
+    prompt_scene(w, scene, 0, [1])
+    panel.direction_box.setCurrentText("forward")
+    panel.last_box.setValue(4)
+    panel.run()
+    wait_done(qtbot, w)
+    got = calls[-1]
+    assert got["recipe"] == "full" and got["search_frames"] == 7
+    assert (got["qc"].min_score, got["qc"].min_stability, got["qc"].max_area_change) == (0.5, 0.65, 2.2)
+    assert got["qc"].refind_area_change == qc.refind_area_change  # the others stay the engine's
+    # along z: the volume's defaults, no search
+    panel.axis_box.setCurrentIndex(1)
+    assert not panel.search_box.isEnabled() and panel.max_area_box.value() == 2.2  # the user's value stays
+    panel.reset_settings()
+    assert panel.max_area_box.value() == VOLUME_QC.max_area_change
+    assert panel.recipe_box.currentText() == DEFAULT_RECIPE.name
+    panel.recipe_box.setCurrentText("box")
+    panel.run()
+    wait_done(qtbot, w)
+    got = calls[-1]
+    assert got["recipe"] == "box" and got["qc"] == VOLUME_QC and "search_frames" not in got
+
+
+def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot):
+    scene = make_scene("crossing", size=64)
+    n, nz = 8, 3
+    # z 1 holds frames 0-7 of the scene, z 0 and 2 other frames (other positions)
+    source = [[t + (0 if z == 1 else 20 + 10 * z) for z in range(nz)] for t in range(n)]
+    stack = np.stack([np.stack([scene[source[t][z]] for z in range(nz)]) for t in range(n)])
+    truth = np.stack([np.stack([scene.labels(source[t][z]) for z in range(nz)]) for t in range(n)])
+    segmenter = StandInSegmenter(
+        ground_truth_lookup(list(stack.reshape(-1, 64, 64)), list(truth.reshape(-1, 64, 64))), failure_rate=0.0
+    )
+    viewer, w = widget(stack, segmenter, name="tzyx")
+    panel = w.track
+    labels_layer = panel.layers[T.TRACKS]
+    assert labels_layer.data.shape == (n, nz, 64, 64) and panel.layers[T.PROMPTS].ndim == 4
+    viewer.dims.current_step = (0, 1, 0, 0)
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown plane is embedded
+    assert panel.last_box.value() == n - 1
+    points = panel.layers[T.PROMPTS]
+    for p in scene.prompts(0, "point"):
+        panel.object_box.setValue(p.obj_id)
+        x, y = p.points[0]
+        points.add(np.array([[0, 1, y, x]], float))
+    points.add(np.array([[0, 2, 5.0, 5.0]]))  # on another z: not part of this run
+    panel.direction_box.setCurrentText("forward")
+    panel.run()
+    wait_done(qtbot, w)
+    labels = labels_layer.data
+    scores = evaluate(truth[:, 1], labels[:, 1])
+    assert scores.mean_j >= 0.85 and scores.id_switches == 0, scores.summary()
+    assert not labels[:, 0].any() and not labels[:, 2].any()  # the other planes are untouched
+    assert viewer.dims.current_step[:2] == (n - 1, 1)  # followed through t, stayed at z 1
+    tracks = viewer.layers[T.TRAJECTORIES].data
+    assert tracks.shape[1] == 5 and set(tracks[:, 2]) == {1.0}  # (id, t, z, y, x)
+    # a correction there is a key frame of that z only
+    labels_layer.paint((3, 1, 5, 5), 9)
+    assert panel.key_frames == {3}
+    viewer.dims.current_step = (3, 0, 0, 0)
+    assert panel.key_frames == set()
+    # along z at the shown t: the slices of t 6 only
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    viewer.dims.current_step = (6, 1, 0, 0)
+    panel.axis_box.setCurrentIndex(1)
+    assert (panel.first_box.value(), panel.last_box.value()) == (0, nz - 1)
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    before = labels.copy()
+    points.selected_data = set(range(len(points.data)))
+    points.remove_selected()
+    x, y = scene.prompts(6, "point", [1])[0].points[0]
+    panel.object_box.setValue(1)
+    points.add(np.array([[6, 1, y, x]]))
+    panel.run()
+    wait_done(qtbot, w)
+    assert (labels[6, 1] == 1).any()
+    changed = np.flatnonzero((labels != before).any(axis=(1, 2, 3)))
+    assert set(changed.tolist()) <= {6}
+
+
 def test_cancel_keeps_the_frames_done(widget, scene, qtbot):
     viewer, w = widget(scene[:], SlowSegmenter(scene.labels_for_image))
     panel = w.track
@@ -170,12 +360,17 @@ def test_cancel_keeps_the_frames_done(widget, scene, qtbot):
     labels = panel.layers[T.TRACKS].data
     assert all(labels[t].any() for t in done)
     assert not labels[done[-1] + 2 :].any()  # nothing past the cancel
-    # the widget's own Cancel stops it too
+    # the widget's own Cancel stops it too, through the panel's
+    asked = []
+    cancel = panel.cancel
+    panel.cancel = lambda: (asked.append(True), cancel())
     panel.run()
     qtbot.waitUntil(lambda: panel.progress_bar.value() >= 2, timeout=10000)
     w.cancel()
     wait_done(qtbot, w)
+    assert asked and panel.outcome.status == "cancelled" and panel.outcome.frames >= 2
     assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert 2 <= len(set(panel.table()["frame"].tolist())) < 60  # a re-run replaced the first run's frames
 
 
 def test_exports_written_and_readable(widget, scene, qtbot, tmp_path):
@@ -290,6 +485,8 @@ def test_bad_input_is_explained(widget, make_napari_viewer, scene, qtbot, monkey
     assert "no prompt lies in frames 10 to 59" in errors[-1] and w.idle
     with pytest.raises(ValueError, match="tracking needs a video"):
         T.check_stack(viewer.add_image(np.zeros((32, 32), np.uint8), name="flat"))
+    with pytest.raises(ValueError, match=r"\(T, Z, Y, X\) stack"):
+        T.check_stack(viewer.add_image(np.zeros((2, 2, 2, 8, 8), np.uint8), name="5d"))
 
 
 def test_real_model_end_to_end(widget, scene, qtbot):
@@ -338,6 +535,7 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
     assert w.track.prepare()
     prompt_scene(w, scene, 30)
+    w.track.settings_button.setChecked(True)  # show the settings too
     w.track.run()
     wait_done(qtbot, w)
     viewer.dims.current_step = (38, 0, 0)

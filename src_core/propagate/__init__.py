@@ -45,6 +45,7 @@ from .prompts import (
     get_recipe,
     load_prompts,
     prompts_from_labels,
+    resume_prompts,
     save_prompts,
 )
 from .qc import ACCEPT_ALL, QualityControl
@@ -57,7 +58,7 @@ __all__ = [
     "TABLE_COLUMNS", "TRACKED", "VOLUME_QC", "FrameReadError", "FrameReader", "FrameResult", "LabelFile", "ObjectPrompt",
     "ObjectResult", "PromptRecipe", "PropagationError", "QualityControl", "TrackingEvaluator", "TrackingScores",
     "TrackingWriter", "check_prompts", "evaluate", "get_recipe", "load_prompts", "overlay_frames",
-    "paint_labels", "propagate", "propagate_volume", "prompts_from_labels", "read_table", "save_prompts",
-    "segment_volume", "table_from_labels", "tracks_data", "write_overlay_video", "write_table",
+    "paint_labels", "propagate", "propagate_volume", "prompts_from_labels", "read_table", "resume_prompts",
+    "save_prompts", "segment_volume", "table_from_labels", "tracks_data", "write_overlay_video", "write_table",
     "write_trajectories",
 ]

@@ -53,6 +53,17 @@ class ObjectPrompt:
         True: the frame is a key frame for this object and its result is never
         replaced. False: only a seed (e.g. the last frame of an interrupted run
         when resuming), reported as ``"tracked"``.
+    lost_for : int
+        Seeds only (``key=False``, with a ``mask``): the object was lost on
+        ``frame`` and the ``lost_for - 1`` frames before it; ``mask`` is where it
+        was last seen. It is reported lost on ``frame`` and searched for from
+        the next frame on, as if the run had not stopped (see
+        :func:`resume_prompts`).
+    history : tuple of (int, (H, W) bool array)
+        Seeds only: where the object was seen before ``mask``, as ``(frame,
+        mask)`` pairs, oldest first. The seed's state (motion, usual size) is
+        rebuilt from them as the interrupted run had it; empty: it starts at
+        rest, with the size of ``mask``.
     """
 
     frame: int
@@ -62,6 +73,8 @@ class ObjectPrompt:
     box: np.ndarray | None = None
     mask: np.ndarray | None = None
     key: bool = True
+    lost_for: int = 0
+    history: tuple = ()
 
     def __post_init__(self) -> None:
         for name in ("frame", "obj_id"):
@@ -113,6 +126,22 @@ class ObjectPrompt:
                 f"object {self.obj_id} on frame {self.frame} has no positive point, box or mask: "
                 "give at least one of them"
             )
+        if isinstance(self.lost_for, (bool, np.bool_)) or not isinstance(self.lost_for, (int, np.integer)) \
+                or self.lost_for < 0:
+            raise ValueError(f"object {self.obj_id} on frame {self.frame}: lost_for must be an int >= 0")
+        object.__setattr__(self, "lost_for", int(self.lost_for))
+        if self.lost_for and (self.key or self.mask is None):
+            raise ValueError(
+                f"object {self.obj_id} on frame {self.frame}: a lost seed (lost_for > 0) needs key=False "
+                "and the mask where the object was last seen"
+            )
+        history = tuple((int(t), np.asarray(m).astype(bool, copy=False)) for t, m in self.history)
+        where = f"object {self.obj_id} on frame {self.frame}"
+        if history and (self.key or self.mask is None):
+            raise ValueError(f"{where}: a history belongs to seeds (key=False, with a mask)")
+        if any(m.shape != self.mask.shape or not m.any() for _, m in history):
+            raise ValueError(f"{where}: history masks must be non-empty and shaped as the mask")
+        object.__setattr__(self, "history", history)
 
 
 @dataclass(frozen=True)
@@ -270,6 +299,69 @@ def prompts_from_labels(
     if obj_ids is not None:
         present = np.intersect1d(present, np.fromiter(obj_ids, dtype=np.int64))
     return [ObjectPrompt(frame=frame, obj_id=int(i), mask=labels == i, key=key) for i in present]
+
+
+def resume_prompts(
+    labels, frame: int, direction: int = 1, obj_ids: Iterable[int] | None = None, search_frames: int = 30,
+) -> list[ObjectPrompt]:
+    """Seeds to resume a run that stopped after ``frame``, read back from the labels it painted.
+
+    Unlike :func:`prompts_from_labels` of ``labels[frame]`` alone, an object that
+    was lost on ``frame`` (no pixels there) is not dropped: if it was seen on one
+    of the ``search_frames`` frames before (in the run's ``direction``), it comes
+    back as a *lost seed* (:attr:`ObjectPrompt.lost_for`, the mask where it was
+    last seen), so the resumed run goes on searching for it for the frames the
+    search had left. Every seed carries the object's masks on the frames before
+    (:attr:`ObjectPrompt.history`), from which its motion and usual size are
+    rebuilt.
+
+    Parameters
+    ----------
+    labels : (T, H, W) array-like
+        The labels the interrupted run painted (read frame by frame).
+    frame : int
+        The last frame done; the resumed run starts there (``start=frame``
+        going forward, ``stop=frame + 1`` going backward).
+    direction : int
+        +1 (the run went forward) or -1 (backward).
+    obj_ids : iterable of int, optional
+        The objects to resume (default: every object on ``frame`` or on the
+        ``search_frames`` frames before it). Leave out objects that ended
+        otherwise (the mother of a division).
+    search_frames : int
+        As given to :func:`~src_core.propagate.tracker.propagate`: an object
+        lost for longer was given up and is not resumed.
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    n = len(labels)
+    if not 0 <= frame < n:
+        raise ValueError(f"frame {frame} is outside the labels (0 to {n - 1})")
+    wanted = None if obj_ids is None else {int(i) for i in obj_ids}
+    window = 12  # sightings kept per object, for its motion and size
+    history: dict[int, list[tuple[int, np.ndarray]]] = {}  # id -> [(frame, mask)], newest first
+    t = frame
+    while 0 <= t < n and abs(t - frame) <= search_frames + window:
+        image = np.asarray(labels[t])
+        ids = np.unique(image[image > 0])
+        for obj_id in (int(i) for i in ids):
+            if wanted is not None and obj_id not in wanted:
+                continue
+            seen = history.get(obj_id)
+            if seen is None and abs(t - frame) > search_frames:
+                continue  # last seen too long ago: given up
+            if seen is not None and len(seen) >= window:
+                continue
+            history.setdefault(obj_id, []).append((t, image == obj_id))
+        t -= direction
+    prompts = []
+    for obj_id in sorted(history):
+        (last_frame, mask), *earlier = history[obj_id]
+        prompts.append(ObjectPrompt(
+            frame=frame, obj_id=obj_id, mask=mask, key=False, lost_for=abs(frame - last_frame),
+            history=tuple(earlier[::-1]),
+        ))
+    return prompts
 
 
 def load_prompts(path: str | os.PathLike) -> list[ObjectPrompt]:

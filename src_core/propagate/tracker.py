@@ -13,7 +13,9 @@ then
    object keeping only pixels no earlier object took;
 3. search for lost objects (and those just rejected) with a box around their
    predicted position that grows with every frame lost, for ``search_frames``
-   frames; an object found again keeps its id (status ``"re-found"``);
+   frames; an object found again keeps its id (status ``"re-found"``); on a
+   frame listed in ``key_frames`` (a frame the user corrected as a whole) an
+   object that is not prompted there is lost on it, not looked for;
 4. optionally (time-lapse, forward) detect divisions: a mask in two large
    pieces, or one that halves with a second object of that size where the rest
    of it was, ends the object and starts two daughters with new ids.
@@ -24,7 +26,7 @@ one mask plus one logit grid per object are held.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,7 @@ def propagate(
     model_id: str | None = None,
     set_image_kwargs: Mapping[str, Any] | None = None,
     what: str = "frame",
+    key_frames: Iterable[int] = (),
 ) -> Iterator[FrameResult]:
     """Propagate prompted objects over frames; a generator of per-frame results.
 
@@ -109,6 +112,11 @@ def propagate(
         ``contrast_limits`` for time-lapses so the contrast does not flicker.
     what : str
         "frame" or "slice", for messages.
+    key_frames : iterable of int
+        Frames the user corrected as a whole (their prompts are masks of every
+        object on them): an object tracked into such a frame that is not
+        prompted there is not on it. It is reported lost there (the user erased
+        it) and searched for on the next frames like any lost object.
 
     Yields
     ------
@@ -121,9 +129,9 @@ def propagate(
         Bad frames, prompts or options (raised by this call, before any work).
     PropagationError
         A frame could not be read; everything yielded before stays valid.
-        Resume with ``start``/``stop`` past the frames done and
-        :func:`~src_core.propagate.prompts.prompts_from_labels` of the last
-        frame done as seed prompts.
+        Resume with ``start``/``stop`` at the last frame done and
+        :func:`~src_core.propagate.prompts.resume_prompts` of the labels as
+        seed prompts (objects lost there are searched for on).
     """
     reader = FrameReader(frames, what=what)
     n = len(reader)
@@ -149,6 +157,7 @@ def propagate(
     run = _Run(
         reader, segmenter, inside, get_recipe(recipe), qc or QualityControl(), search_frames, divisions,
         context_labels, first_new_id, cache, model_id, dict(set_image_kwargs or {}),
+        {int(t) for t in key_frames}, what,
     )
     return run.results(direction, start, stop)
 
@@ -183,11 +192,13 @@ class _Run:
     """One propagation run: the objects' states and the frame loop."""
 
     def __init__(self, reader, segmenter, prompts, recipe, qc, search_frames, divisions,
-                 context_labels, first_new_id, cache, model_id, set_image_kwargs) -> None:
+                 context_labels, first_new_id, cache, model_id, set_image_kwargs,
+                 key_frames=frozenset(), what="frame") -> None:
         self.reader, self.segmenter, self.prompts = reader, segmenter, prompts
         self.recipe, self.qc, self.search_frames, self.divisions = recipe, qc, search_frames, divisions
         self.context_labels, self.cache, self.model_id = context_labels, cache, model_id
         self.set_image_kwargs = set_image_kwargs
+        self.key_frames, self.what = key_frames, what
         self.shape = reader.image_shape
         self.grid = logit_grid(segmenter)
         self.threshold = mask_threshold(segmenter)
@@ -251,6 +262,9 @@ class _Run:
         prompts = plan.prompts_at.get(t, [])
         prompted = {p.obj_id for p in prompts}
         following = [s for i, s in self.tracks.items() if i not in prompted]
+        absent = following if t in self.key_frames else []  # the user's frame has them all
+        if absent:
+            following = []
         needs_model = bool(following) or any(
             p.mask is None and not (plan.reuse_seeds and p.obj_id in self.seeds) for p in prompts
         )
@@ -263,7 +277,9 @@ class _Run:
         searching = [s for s in following if s.lost] + rejected
         if self.search_frames > 0 and searching:
             self._search(frame, searching)
-        for s in searching:
+        for s in absent:
+            s.reason = f"not on key {self.what} {t}"
+        for s in searching + absent:
             if s.obj_id in frame.results:
                 continue
             s.lost_for += 1
@@ -292,6 +308,10 @@ class _Run:
     def _apply_prompt(self, frame: _Frame, p: ObjectPrompt, plan: _Pass) -> None:
         """A key frame (or seed) for ``p.obj_id``: its mask as the user gave or prompted it."""
         status = KEY if p.key else TRACKED
+        if p.lost_for:
+            if not plan.reuse_seeds:  # the backward half of "both" does not look for it
+                self._lost_seed(frame, p)
+            return
         if plan.reuse_seeds and p.obj_id in self.seeds:
             seed = self.seeds[p.obj_id]
             if seed.result.mask is not None:
@@ -316,10 +336,40 @@ class _Run:
             state = self.tracks.get(p.obj_id)
             parent = state.parent if state is not None else None
             result = ObjectResult(p.obj_id, status, mask, score, stats, parent)
-            state = self._start(p.obj_id, result, logits, parent)
+            if p.history:
+                state = self.tracks[p.obj_id] = self._replay(p, mask)
+            else:
+                state = self._start(p.obj_id, result, logits, parent)
             logits = state.logits
         self.seeds.setdefault(p.obj_id, _Seed(frame.index, result, logits))
         frame.results[p.obj_id] = result
+
+    def _lost_seed(self, frame: _Frame, p: ObjectPrompt) -> None:
+        """An object lost when an earlier run stopped: lost here, searched for from the next frame."""
+        reason = f"lost for {p.lost_for} {self.what}s when the run resumed"
+        if p.lost_for <= self.search_frames:
+            state = self._replay(p)
+            state.lost_for, state.reason = p.lost_for, reason
+            self.tracks[p.obj_id] = state
+        else:
+            self.tracks.pop(p.obj_id, None)
+            reason = f"{reason}; given up"
+        frame.results[p.obj_id] = ObjectResult(p.obj_id, LOST, None, float("nan"), None, None, reason)
+
+    def _replay(self, p: ObjectPrompt, last: np.ndarray | None = None) -> TrackState:
+        """A seed's state as the interrupted run had it: its masks accepted again in order.
+
+        ``last``: the seed's mask as kept on this frame (default ``p.mask``).
+        """
+        state = TrackState(p.obj_id, self.recipe)
+        previous = None  # frames between the sighting and p.frame
+        seen = [(abs(p.frame - t), m) for t, m in p.history] + [(p.lost_for, p.mask if last is None else last)]
+        for distance, mask in seen:
+            if previous is not None:
+                state.lost_for = max(previous - distance - 1, 0)  # frames it was not seen in between
+            state.accept(mask, mask_stats(mask), None, float("nan"), self.grid, reset=previous is None)
+            previous = distance
+        return state
 
     def _start(self, obj_id: int, result: ObjectResult, logits, parent: int | None = None) -> TrackState:
         state = self.tracks.get(obj_id) or TrackState(obj_id, self.recipe, parent)
