@@ -128,9 +128,12 @@ def _passes(prompts: list, direction: str, start: int, stop: int) -> list[dict]:
     return passes
 
 
-def _pass_prompts(pas: dict, prompts: list, labels: Any) -> tuple[list, set]:
-    """(prompts for a pass, {(frame, id)} not to write again), resuming after ``done_to``."""
-    from .propagate import ObjectPrompt, prompts_from_labels
+def _pass_prompts(pas: dict, prompts: list, labels: Any, search_frames: int = 30) -> tuple[list, set]:
+    """(prompts for a pass, {(frame, id)} not to write again), resuming after ``done_to``.
+
+    Objects lost when the run stopped come back as lost seeds (:func:`resume_prompts`),
+    so the resumed run goes on searching for them."""
+    from .propagate import ObjectPrompt, resume_prompts
 
     skip: set = set()
     if pas["seeds_only"]:  # the forward pass's result on each object's first frame
@@ -149,7 +152,7 @@ def _pass_prompts(pas: dict, prompts: list, labels: Any) -> tuple[list, set]:
     d = pas["direction"]
     started = {p.obj_id for p in prompts if (p.frame - t) * d <= 0}
     later = [p for p in prompts if (p.frame - t) * d > 0]
-    seeds = prompts_from_labels(labels[t], t, obj_ids=started, key=False)
+    seeds = resume_prompts(labels, t, d, obj_ids=started, search_frames=search_frames)
     return later + seeds, skip | {(t, s.obj_id) for s in seeds}
 
 
@@ -265,7 +268,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         for pas in state["passes"]:
             if pas["done_to"] == pas["last"]:
                 continue
-            pass_prompts, skip = _pass_prompts(pas, prompts, labels)
+            pass_prompts, skip = _pass_prompts(pas, prompts, labels, 0 if args.z else args.search_frames)
             if not pass_prompts:
                 pas["done_to"] = pas["last"]
                 continue
