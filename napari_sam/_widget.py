@@ -14,7 +14,7 @@ from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
 from src_core.tiling import TiledCandidates, TiledObjectSegmenter
@@ -109,13 +109,15 @@ class SegmentAnythingWidget(QWidget):
             stack_buttons.addWidget(button)
         layout.addLayout(stack_buttons)
         self.everything = EverythingPanel(self)  # uses this widget's predictor, layers and jobs
-        layout.addWidget(self.everything)
         self.text = TextPanel(self)  # "SAM text": the objects a text names, committed like a prompt
-        layout.addWidget(self.text)
         self.track = TrackPanel(self)  # propagates prompted objects through a video or stack
-        layout.addWidget(self.track)
         self.finetune = FinetunePanel(self)  # trains a copy of the loaded model on the labels
-        layout.addWidget(self.finetune)
+        # one tab per tool keeps the dock about one screen tall
+        self.tabs = QTabWidget()
+        for panel, title in ((self.everything, "Everything"), (self.text, "Text"),
+                             (self.track, "Track"), (self.finetune, "Fine-tune")):
+            self.tabs.addTab(panel, title)
+        layout.addWidget(self.tabs)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
         layout.addWidget(self.status)

@@ -535,6 +535,7 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
     assert w.track.prepare()
     prompt_scene(w, scene, 30)
+    w.tabs.setCurrentWidget(w.track)
     w.track.settings_button.setChecked(True)  # show the settings too
     w.track.run()
     wait_done(qtbot, w)
