@@ -5,6 +5,10 @@ Run by hand (CI only runs a short training test):
     .venv/bin/python scripts/train_embedded.py --out build/embedded/vit_tiny.pth
     .venv/bin/python scripts/train_embedded.py --out build/embedded/vit_tiny.pth --resume
     .venv/bin/python scripts/train_embedded.py --out build/embedded/vit_tiny.pth --export
+    .venv/bin/python scripts/train_embedded.py --out build/more.pth --init-from-shipped --steps 1000
+
+``--init-from-shipped`` starts from the weights in the package (a fresh optimizer and
+schedule), to train the built-in model further in a later session.
 
 ``--export`` writes the float16 copy that ships in the package
 (src_core/weights/sam_vit_tiny.pth). Seeds, recipe and step count below are the
@@ -57,6 +61,7 @@ def main() -> int:
     parser.add_argument("--export", action="store_true", help="write the shipped float16 file and stop")
     parser.add_argument("--steps", type=int, default=CONFIG.steps)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init-from-shipped", action="store_true", help="start from the packaged weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
@@ -68,6 +73,10 @@ def main() -> int:
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.1f} MB)")
         return 0
     CONFIG.steps = args.steps
+    if args.init_from_shipped:
+        from src_core.checkpoints import load_state_dict
+
+        model.load_state_dict({k: v.float() for k, v in load_state_dict(SHIPPED).items()}, strict=True)
     trainer = Trainer(model, SceneStream(SCENE_SEED, size=256), CONFIG, output=args.out)
     if args.resume:
         trainer.resume()
