@@ -37,3 +37,16 @@ def _no_qt_worker_outlives_its_test(request):
     left = pool.activeThreadCount()
     if left:
         pytest.fail(f"{left} Qt worker thread(s) still running 60 s after the test ended")
+
+
+@pytest.fixture(scope="session")
+def vit_tiny_random_checkpoint(tmp_path_factory):
+    """Random weights of the built-in vit_tiny geometry (seeded), saved once per run."""
+    import torch
+
+    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.pth"
+    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
+    return path

@@ -16,13 +16,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from src_core import batch
 from src_core.automatic import masks_to_label_image
 from src_core.batch_inputs import VideoReaders
 from src_core.cli import main
-from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
@@ -30,12 +28,9 @@ FAST = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-t
         "--device", "cpu", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.pth"
-    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
-    return path
+@pytest.fixture
+def checkpoint(vit_tiny_random_checkpoint) -> Path:
+    return vit_tiny_random_checkpoint
 
 
 def rng_image(shape, dtype=np.uint8, seed=0) -> np.ndarray:

@@ -15,20 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from src_core.cli import main
-from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
 
 FAST = ["--device", "cpu", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.pth"
-    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
-    return path
+@pytest.fixture
+def checkpoint(vit_tiny_random_checkpoint) -> Path:
+    return vit_tiny_random_checkpoint
 
 
 @pytest.fixture
