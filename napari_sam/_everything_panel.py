@@ -31,9 +31,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -43,6 +40,7 @@ from src_core.automatic.generator import GenerationCancelled
 
 from . import _layers as L
 from . import _tiled as T
+from ._job_row import job_row
 
 SCOPES = ("current plane", "all slices (3D, linked)")
 # larger writes skip napari's undo history, whose index arrays would cost ~25 bytes a pixel
@@ -231,18 +229,7 @@ class EverythingPanel(QWidget):
         )
         self.link_box.setEnabled(False)
         self.scope_box.currentIndexChanged.connect(lambda index: self.link_box.setEnabled(index == 1))
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.progress_bar, 1)
+        buttons, self.run_button, self.cancel_button, self.progress_bar = job_row("Run", self.run, self.cancel)
         form.addRow("points per side", self.points_box)
         form.addRow("pred IoU threshold", self.iou_box)
         form.addRow("stability threshold", self.stability_box)

@@ -30,16 +30,14 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from . import _layers as L
+from ._job_row import job_row
 
 
 @dataclass(frozen=True)
@@ -149,18 +147,9 @@ class FinetunePanel(QWidget):
         self.freeze_box.setChecked(defaults.freeze_encoder)
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("default: a new file under the napari-sam cache")
-        self.run_button = QPushButton("Fine-tune")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.progress_bar, 1)
+        buttons, self.run_button, self.cancel_button, self.progress_bar = job_row(
+            "Fine-tune", self.run, self.cancel
+        )
         form.addRow("labels", self.labels_box)
         form.addRow("steps", self.steps_box)
         form.addRow("learning rate", self.lr_box)

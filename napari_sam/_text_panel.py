@@ -27,9 +27,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -42,6 +40,7 @@ from . import _layers as L
 from . import _tiled as T
 from . import _track_layers as TL
 from ._everything_panel import make_generator, paint_labels
+from ._job_row import job_row
 
 
 def load_scorer(predictor, report=None):
@@ -100,22 +99,12 @@ class TextPanel(QWidget):
             "Keep masks CLIP finds at least this likely to show the text rather than a negative "
             "text (0 keeps everything, then top-k chooses)."
         )
-        self.find_button = QPushButton("Find")
-        self.find_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
         self.track_button = QPushButton("Track these")
         self.track_button.setToolTip("Give each match to the Track panel as a new object (its box).")
         self.track_button.clicked.connect(self.track_matches)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.find_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.track_button)
-        buttons.addWidget(self.progress_bar, 1)
+        buttons, self.find_button, self.cancel_button, self.progress_bar = job_row(
+            "Find", self.run, self.cancel, self.track_button
+        )
         form.addRow("text", self.text_edit)
         form.addRow("not like", self.negative_edit)
         form.addRow("top-k", self.top_k_box)
