@@ -44,6 +44,7 @@ if sample not in keys:
     sys.exit(f"run-napari: unknown sample {sample!r}; choose one of {', '.join(keys)}")
 
 viewer = napari.Viewer(title="napari-sam")
+viewer.window.resize(1500, 950)  # room for the image next to the dock widget
 viewer.open_sample("napari-sam", sample)
 widgets = manifest.contributions.widgets or []
 if widgets:
@@ -54,5 +55,8 @@ if widgets:
 else:
     print("napari-sam: this version has no Segment Anything widget yet; "
           "only the sample data is available.")
+from qtpy.QtCore import QTimer
+
+QTimer.singleShot(300, viewer.reset_view)  # once the window has its final size: the whole image
 napari.run()
 PYEOF
