@@ -286,6 +286,39 @@ def test_refinement_from_boxes_and_parts(scorer):
     assert [m.candidate for m in from_boxes] == [1] and np.array_equal(from_boxes[0].mask, masks["red"])
 
 
+def test_segment_everything_and_refinement_share_one_embedding(scorer):
+    """With SAM's own generator on the same model, the image is encoded once, and the
+    predictor holds it afterwards (as set_image=True promises)."""
+    from src_core import SamPredictor
+    from src_core.automatic import SamAutomaticMaskGenerator
+    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+
+    torch.manual_seed(0)
+    model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
+    calls = []
+    hook = model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    predictor = SamPredictor(model)
+    generator = SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    image, _ = colour_image()
+    try:
+        matches = segment_text(predictor, image, "red", scorer=scorer, generator=generator, threshold=0, top_k=2)
+    finally:
+        hook.remove()
+    assert matches and len(calls) == 1
+    assert predictor.is_image_set and generator.predictor is not predictor and not generator.keep_embedding
+    assert not generator.predictor.is_image_set  # the generator's own predictor frees its embedding
+    # unshared (a crop layer: the last crop's embedding is not the image's): encoded again to refine
+    calls.clear()
+    hook = model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    layered = SamAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
+                                        crop_n_layers=1)
+    try:
+        segment_text(SamPredictor(model), image, "red", scorer=scorer, generator=layered, threshold=0, top_k=1)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + 4 + 1  # whole image and 4 crops, then the refinement
+
+
 def test_no_candidates(scorer):
     image, _ = colour_image()
 

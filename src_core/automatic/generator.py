@@ -201,6 +201,9 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        # True: the predictor keeps the last crop's embedding after ``generate`` (with
+        # crop_n_layers 0, the whole image's), for a caller that prompts it next
+        self.keep_embedding = False
         self._stop = threading.Event()
 
     # -- public -----------------------------------------------------------------------
@@ -306,7 +309,8 @@ class SamAutomaticMaskGenerator:
                 parts.append(self._process_batch(batch, tokens, upsampler, crop_box, size))
                 batch_done()
         finally:
-            self.predictor.reset_image()
+            if not self.keep_embedding:
+                self.predictor.reset_image()
         masks = _Masks.concatenate(parts)
         # duplicates within this crop (NMS is translation-invariant: full-image boxes do)
         masks = masks.select(nms(masks.boxes.float(), masks.iou_preds, self.box_nms_thresh))

@@ -266,7 +266,21 @@ def segment_text(
             generator = SamAutomaticMaskGenerator(model)
         if progress is not None:
             progress(0, steps["total"])
-        records = generator.generate(rgb, progress=gen_progress, should_stop=should_stop)
+        # SAM's generator on the whole image embeds exactly what refining needs: let it
+        # embed into ``predictor`` and keep it, instead of encoding the image twice
+        share = (
+            refine and not embedded and getattr(generator, "crop_n_layers", None) == 0
+            and hasattr(generator, "keep_embedding")
+            and getattr(getattr(generator, "predictor", None), "model", None) is getattr(predictor, "model", 0)
+        )
+        if share:
+            own, generator.predictor, generator.keep_embedding = generator.predictor, predictor, True
+        try:
+            records = generator.generate(rgb, progress=gen_progress, should_stop=should_stop)
+        finally:
+            if share:
+                generator.predictor, generator.keep_embedding = own, False
+        embedded = embedded or share
         masks, ious = _candidate_masks(records, shape)
         source = "segment everything"
     if not masks:
