@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src_core.model.build import MODEL_CONFIGS, build_sam_from_config  # noqa: E402
-from src_core.train.data import SceneStream  # noqa: E402
+from src_core.train.data import SceneBank, SceneStream  # noqa: E402
 from src_core.train.trainer import TrainConfig, Trainer, save_model  # noqa: E402
 
 SHIPPED = ROOT / "src_core" / "weights" / "sam_vit_tiny.pth"
@@ -62,6 +62,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=CONFIG.steps)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init-from-shipped", action="store_true", help="start from the packaged weights")
+    parser.add_argument("--bank", type=int, default=0,
+                        help="make this many scenes up front and draw from them (x8 flips/rotations) "
+                        "instead of making a new scene per sample; faster on a small CPU")
+    parser.add_argument("--warmup", type=int, default=CONFIG.warmup)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
@@ -72,12 +76,18 @@ def main() -> int:
         save_model(model, SHIPPED, dtype=torch.float16)
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.1f} MB)")
         return 0
-    CONFIG.steps = args.steps
+    CONFIG.steps, CONFIG.warmup = args.steps, args.warmup
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 
         model.load_state_dict({k: v.float() for k, v in load_state_dict(SHIPPED).items()}, strict=True)
-    trainer = Trainer(model, SceneStream(SCENE_SEED, size=256), CONFIG, output=args.out)
+    if args.bank:
+        start = time.time()
+        source = SceneBank(SCENE_SEED, args.bank, size=256, workers=args.threads)
+        print(f"made {args.bank} scenes in {time.time() - start:.0f} s", flush=True)
+    else:
+        source = SceneStream(SCENE_SEED, size=256)
+    trainer = Trainer(model, source, CONFIG, output=args.out)
     if args.resume:
         trainer.resume()
     start, window = time.time(), []

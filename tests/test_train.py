@@ -9,7 +9,14 @@ import torch
 
 from src_core.model.build import MODEL_CONFIGS, SamConfig, build_sam, build_sam_from_config
 from src_core.train import trainer as trainer_module
-from src_core.train.data import ArrayPairs, FolderPairs, SceneStream, open_training_data, prepare_sample
+from src_core.train.data import (
+    ArrayPairs,
+    FolderPairs,
+    SceneBank,
+    SceneStream,
+    open_training_data,
+    prepare_sample,
+)
 from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
 from src_core.train.scenes import SCENE_KINDS, make_scene
 from src_core.train.simulate import corrective_points, focal_dice_iou_loss, sample_boxes, sample_points
@@ -58,6 +65,26 @@ def test_scenes_cover_output_types_and_reject_bad_arguments():
 
 
 # -- data ---------------------------------------------------------------------------------
+
+
+def test_scene_bank_is_the_stream_under_flips_and_rotations():
+    bank, stream = SceneBank(5, 3, size=64), SceneStream(5, size=64)
+    assert len(bank) == 24
+    for scene in range(3):
+        image, labels = stream[scene]
+        views = [bank[8 * scene + k] for k in range(8)]
+        np.testing.assert_array_equal(views[0][0], image)
+        np.testing.assert_array_equal(views[0][1], labels)
+        for k, (view_image, view_labels) in enumerate(views):
+            # the same transform on image and labels: the object under each pixel is kept
+            assert view_image.shape[:2] == view_labels.shape and view_image.flags.c_contiguous
+            assert sorted(np.unique(view_labels)) == sorted(np.unique(labels))
+            turned = np.rot90(labels, k % 4)
+            np.testing.assert_array_equal(view_labels, turned[:, ::-1] if k >= 4 else turned)
+        # eight different views of one non-symmetric scene
+        assert len({v[1].tobytes() for v in views}) == 8
+    with pytest.raises(ValueError, match="at least one scene"):
+        SceneBank(5, 0)
 
 
 def test_prepare_sample_resizes_filters_and_limits_masks():
