@@ -515,7 +515,10 @@ class SegmentAnythingWidget(QWidget):
             self._preview_region = T.show_preview(preview, tiled, plane, self._preview_region)
             self._preview_plane = plane
             if tiled is not None:
-                self._set_status(f"predicted IoU {tiled.score:.2f}, {tiled.area} px")
+                self._set_status(
+                    f"mask {candidates.choice + 1}/{len(candidates.options)}, predicted IoU "
+                    f"{tiled.score:.2f}, {tiled.area} px"
+                )
             return
         mask = None if candidates is None else candidates.mask
         L.show_preview(preview, mask, plane, self._preview_plane)

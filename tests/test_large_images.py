@@ -87,6 +87,15 @@ def test_widget_prompts_a_large_plane_tile_by_tile(make_napari_viewer, qtbot):
     assert preview.shape == (SIZE, SIZE)
     assert preview[2510, 2610] == 1 and preview.sum() == 30 * 30
     assert predictor.shapes == [(256, 256, 3)]  # one tile, never the whole plane
+    # "Next mask" cycles through SAM's three proposals on a tiled plane too
+    assert "mask 1/3" in w.status.text()
+    w.next_candidate()
+    assert w.layers[L.PREVIEW].data.sum() == 28 * 28 and "mask 2/3" in w.status.text()  # eroded
+    w.next_candidate()
+    assert w.layers[L.PREVIEW].data.sum() == 32 * 32 - 4  # dilated (a cross-shaped element)
+    w.next_candidate()
+    assert w.layers[L.PREVIEW].data.sum() == 30 * 30 and "mask 1/3" in w.status.text()
+    assert predictor.shapes == [(256, 256, 3)]  # cycling decodes nothing again
     w.commit()
     labels = w.layers[L.LABELS].data
     assert (labels == 1).sum() == 900 and labels[2510, 2610] == 1
@@ -133,6 +142,10 @@ def test_widget_large_image_with_a_real_model(make_napari_viewer, qtbot):
     tiled = w.segmenter.tiled
     assert 1 <= tiled.embeddings_computed <= 4  # the tiles this prompt reached, not 256
     result = w.segmenter.candidates.tiled
+    options = w.segmenter.candidates.options
+    assert len(options) == 3 and result is options[0]  # a single click: SAM's three, best first
+    assert [o.score for o in options] == sorted((o.score for o in options), reverse=True)
+    assert all(o.window is result.window for o in options)
     window = result.window
     preview = w.layers[L.PREVIEW].data
     assert preview.sum() == result.area

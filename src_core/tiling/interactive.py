@@ -18,14 +18,20 @@ __all__ = ["TiledCandidates", "TiledObjectSegmenter"]
 
 @dataclass(frozen=True)
 class TiledCandidates:
-    """The mask of the current object in a large image.
+    """The candidate masks of the current object in a large image.
 
-    ``mask`` is its bounding-box crop at ``offset`` (row, column) in the full image;
-    ``masks``/``scores``/``choice`` mirror :class:`~src_core.interactive.Candidates`
-    with a single candidate (the tiled predictor keeps the best of SAM's three).
+    ``options`` are SAM's proposals, best scored first (three after a single click,
+    else one); ``choice`` is the one shown. ``mask`` is its bounding-box crop at
+    ``offset`` (row, column) in the full image; ``masks``/``scores``/``choice``
+    mirror :class:`~src_core.interactive.Candidates`.
     """
 
-    tiled: TiledMask
+    options: tuple[TiledMask, ...]
+    choice: int = 0
+
+    @property
+    def tiled(self) -> TiledMask:
+        return self.options[self.choice]
 
     @property
     def mask(self) -> np.ndarray:
@@ -36,16 +42,12 @@ class TiledCandidates:
         return self.tiled.offset
 
     @property
-    def masks(self) -> tuple[np.ndarray]:
-        return (self.tiled.mask,)
+    def masks(self) -> tuple[np.ndarray, ...]:
+        return tuple(option.mask for option in self.options)
 
     @property
     def scores(self) -> np.ndarray:
-        return np.array([self.tiled.score])
-
-    @property
-    def choice(self) -> int:
-        return 0
+        return np.array([option.score for option in self.options])
 
     @property
     def score(self) -> float:
@@ -56,7 +58,7 @@ class TiledObjectSegmenter:
     """Decode one object from a growing set of prompts in a large image.
 
     Like :class:`~src_core.interactive.ObjectSegmenter`: a single click asks for
-    three masks (the best scored is kept); more points on the same object reuse the
+    three masks (the best scored is shown first, :meth:`cycle` shows the others); more points on the same object reuse the
     previous result's window and logits; :meth:`reset` forgets them.
 
     Parameters
@@ -90,15 +92,20 @@ class TiledObjectSegmenter:
             return None
         refine = self._prompt is not None and self._candidates is not None and prompt.extends(self._prompt)
         single_click = len(prompt.points) == 1 and prompt.box is None
-        result = self.tiled.predict(
+        options = self.tiled.predict_candidates(
             **prompt.predict_kwargs(),
             multimask_output=single_click and not refine,
             previous=self._candidates.tiled if refine else None,
         )
         self._prompt = prompt
-        self._candidates = TiledCandidates(result)
+        self._candidates = TiledCandidates(tuple(options))
         return self._candidates
 
     def cycle(self) -> TiledCandidates | None:
-        """One candidate only: returns the current one."""
+        """Show the next of SAM's candidates (after a single click there are three);
+        more points then refine the one shown."""
+        if self._candidates is None:
+            return None
+        current = self._candidates
+        self._candidates = TiledCandidates(current.options, (current.choice + 1) % len(current.options))
         return self._candidates

@@ -235,7 +235,8 @@ class TiledPredictor:
         multimask_output: bool = True,
         previous: TiledMask | None = None,
     ) -> TiledMask:
-        """The mask of one object from a prompt in full-image pixels.
+        """The mask of one object from a prompt in full-image pixels (the best scored of
+        :meth:`predict_candidates`).
 
         Parameters
         ----------
@@ -256,6 +257,20 @@ class TiledPredictor:
         -------
         TiledMask
         """
+        return self.predict_candidates(point_coords, point_labels, box, multimask_output, previous)[0]
+
+    def predict_candidates(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = True,
+        previous: TiledMask | None = None,
+    ) -> tuple[TiledMask, ...]:
+        """Like :meth:`predict`, but every mask SAM proposed, best scored first (three for
+        a ``multimask_output`` prompt, else one). All come from the same window: the one
+        the best mask fits in.
+        """
         if self.source is None:
             raise ValueError("An image must be set with .set_image(...) before masks can be predicted.")
         coords, labels, box_xyxy = self._validated(point_coords, point_labels, box)
@@ -274,7 +289,7 @@ class TiledPredictor:
             result, cut = self._predict_in(window, coords, labels, box_xyxy, multimask_output, mask_input)
             if not cut:
                 break
-            x0, y0, x1, y1 = result.box
+            x0, y0, x1, y1 = result[0].box
             target = (min(extent[0], x0), min(extent[1], y0), max(extent[2], x1), max(extent[3], y1))
             if max(target[2] - target[0], target[3] - target[1]) > max(
                 self.max_object_size, extent[2] - extent[0], extent[3] - extent[1]
@@ -295,7 +310,9 @@ class TiledPredictor:
             return self.grid.window_around(extent, snap=max(1, self.overlap // 4))
         return self.grid.overview(extent)
 
-    def _predict_in(self, window, coords, labels, box, multimask_output, mask_input) -> tuple[TiledMask, bool]:
+    def _predict_in(
+        self, window, coords, labels, box, multimask_output, mask_input
+    ) -> tuple[tuple[TiledMask, ...], bool]:
         self._embed(window)
         origin = np.array([window.x0, window.y0], dtype=np.float64)
         kwargs: dict[str, Any] = {"multimask_output": multimask_output}
@@ -312,17 +329,20 @@ class TiledPredictor:
         if mask_input is not None:
             kwargs["mask_input"] = mask_input
         masks, scores, logits = self.predictor.predict(**kwargs)
-        best = int(np.argmax(scores))
-        mask = np.asarray(masks[best], dtype=bool)
-        cut = self._is_cut(mask, window)
-        crop, (r0, c0) = bbox_crop(mask)
-        step = window.step
-        if step > 1 and crop.size:
-            crop = np.repeat(np.repeat(crop, step, axis=0), step, axis=1)
-            crop = crop[: window.y1 - (window.y0 + r0 * step), : window.x1 - (window.x0 + c0 * step)]
-        offset = (window.y0 + r0 * step, window.x0 + c0 * step) if crop.size else (0, 0)
-        logits = np.asarray(logits[best]) if logits is not None else None
-        return TiledMask(np.ascontiguousarray(crop), offset, float(scores[best]), window, logits), cut
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        results = []
+        for index in order:
+            mask = np.asarray(masks[index], dtype=bool)
+            crop, (r0, c0) = bbox_crop(mask)
+            step = window.step
+            if step > 1 and crop.size:
+                crop = np.repeat(np.repeat(crop, step, axis=0), step, axis=1)
+                crop = crop[: window.y1 - (window.y0 + r0 * step), : window.x1 - (window.x0 + c0 * step)]
+            offset = (window.y0 + r0 * step, window.x0 + c0 * step) if crop.size else (0, 0)
+            low_res = np.asarray(logits[index]) if logits is not None else None
+            results.append(TiledMask(np.ascontiguousarray(crop), offset, float(scores[index]), window, low_res))
+        cut = self._is_cut(np.asarray(masks[order[0]], dtype=bool), window)
+        return tuple(results), cut
 
     def _is_cut(self, mask: np.ndarray, window: Tile) -> bool:
         top, bottom, left, right = window.interior_sides(self.source.shape)
