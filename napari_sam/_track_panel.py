@@ -631,16 +631,20 @@ class TrackPanel(QWidget):
     def _update_tracks(self) -> None:
         """Show the centroids over time as a Tracks layer (time only: along z they mean little).
 
-        In a (T, Z, Y, X) stack the tracks of the z tracked last are shown, at that z.
+        In a (T, Z, Y, X) stack every z tracked through time is shown at its z: one track
+        per object and z (track ids are renumbered; the features ``obj_id`` and ``z``
+        keep the object and its plane).
         """
         along = self._run_axis
         if self.axis_box.currentIndex() == 1 or not self.layers or along is None or along.axis != 0:
             return
-        data, graph = tracks_data(self.table(along))
+        features = None
+        if along.at is None:
+            data, graph = tracks_data(self.table(along))
+        else:  # (track, t, z, y, x) for every z tracked through time
+            data, graph, features = self._tracks_through_time_per_z()
         if not len(data):
             return
-        if along.at is not None:  # (id, t, z, y, x)
-            data = np.insert(data, 2, float(along.at), axis=1)
         viewer, image = self.host.viewer, self.host.image_layer
         existing = {layer.name: layer for layer in viewer.layers}.get(T.TRAJECTORIES)
         if existing is not None and existing.data.shape[1] != data.shape[1]:
@@ -649,12 +653,41 @@ class TrackPanel(QWidget):
         if existing is None:
             ndim = data.shape[1] - 1
             geometry = {"scale": tuple(image.scale)[:ndim], "translate": tuple(image.translate)[:ndim]}
-            viewer.add_tracks(data, graph=graph, name=T.TRAJECTORIES, tail_length=30, **geometry)
+            viewer.add_tracks(data, graph=graph, name=T.TRAJECTORIES, tail_length=30, features=features, **geometry)
             viewer.layers.selection.active = self.layers[T.TRACKS]
         else:
             existing.graph = {}
             existing.data = data
             existing.graph = graph
+            if features is not None:
+                existing.features = features
+
+    def _tracks_through_time_per_z(self):
+        """Tracks data (N, 5), graph and features of every z of a (T, Z, Y, X) stack tracked through time."""
+        chunks, graph, obj_ids, zs = [], {}, [], []
+        axes = {a for a in self._tables if a.axis == 0 and a.at is not None}
+        if self._run_axis is not None and self._run_axis.axis == 0:
+            axes.add(self._run_axis)
+        next_id = 1
+        for along in sorted(axes, key=lambda a: a.at):
+            data, z_graph = tracks_data(self.table(along))
+            if not len(data):
+                continue
+            renumber = {}
+            for obj in np.unique(data[:, 0]).astype(int):
+                renumber[obj] = next_id
+                next_id += 1
+            ids = np.array([renumber[int(i)] for i in data[:, 0]], float)
+            chunks.append(np.column_stack([ids, data[:, 1], np.full(len(data), float(along.at)), data[:, 2:]]))
+            obj_ids.append(data[:, 0].astype(int))
+            zs.append(np.full(len(data), along.at, int))
+            for daughter, mothers in z_graph.items():
+                if daughter in renumber and all(m in renumber for m in mothers):
+                    graph[renumber[daughter]] = [renumber[m] for m in mothers]
+        if not chunks:
+            return np.zeros((0, 5)), {}, None
+        features = {"obj_id": np.concatenate(obj_ids), "z": np.concatenate(zs)}
+        return np.concatenate(chunks), graph, features
 
     # -- results and exports ------------------------------------------------------------
 

@@ -342,6 +342,28 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot):
     assert (labels[6, 1] == 1).any()
     changed = np.flatnonzero((labels != before).any(axis=(1, 2, 3)))
     assert set(changed.tolist()) <= {6}
+    # through time again, at z 0: the trajectories show both z tracked through time
+    panel.axis_box.setCurrentIndex(0)
+    viewer.dims.current_step = (0, 0, 0, 0)
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    points.selected_data = set(range(len(points.data)))
+    points.remove_selected()
+    for p in scene.prompts(source[0][0], "point"):
+        panel.object_box.setValue(p.obj_id)
+        x, y = p.points[0]
+        points.add(np.array([[0, 0, y, x]], float))
+    panel.run()
+    wait_done(qtbot, w)
+    assert evaluate(truth[:, 0], labels[:, 0]).mean_j >= 0.85
+    layer = viewer.layers[T.TRAJECTORIES]
+    tracks = layer.data
+    assert set(tracks[:, 2]) == {0.0, 1.0}
+    pairs = {(int(z), int(o)) for z, o in zip(layer.features["z"], layer.features["obj_id"])}
+    assert len(np.unique(tracks[:, 0])) == len(pairs) >= 4  # one track per object and z
+    for z in (0, 1):  # each z's track sits on that z's objects
+        rows = tracks[tracks[:, 2] == z]
+        t, y, x = rows[0, 1].astype(int), int(round(rows[0, 3])), int(round(rows[0, 4]))
+        assert labels[t, z, y, x] > 0
 
 
 def test_cancel_keeps_the_frames_done(widget, scene, qtbot):
