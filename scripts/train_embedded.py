@@ -66,6 +66,8 @@ def main() -> int:
                         help="make this many scenes up front and draw from them (x8 flips/rotations) "
                         "instead of making a new scene per sample; faster on a small CPU")
     parser.add_argument("--warmup", type=int, default=CONFIG.warmup)
+    parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
@@ -76,7 +78,7 @@ def main() -> int:
         save_model(model, SHIPPED, dtype=torch.float16)
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.1f} MB)")
         return 0
-    CONFIG.steps, CONFIG.warmup = args.steps, args.warmup
+    CONFIG.steps, CONFIG.warmup, CONFIG.bf16 = args.steps, args.warmup, args.bf16
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 
@@ -87,6 +89,9 @@ def main() -> int:
         print(f"made {args.bank} scenes in {time.time() - start:.0f} s", flush=True)
     else:
         source = SceneStream(SCENE_SEED, size=256)
+    from src_core.device import resolve_device
+
+    model.to(resolve_device(None if args.device == "auto" else args.device))
     trainer = Trainer(model, source, CONFIG, output=args.out)
     if args.resume:
         trainer.resume()
