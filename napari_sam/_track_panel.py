@@ -673,11 +673,10 @@ class TrackPanel(QWidget):
             data, z_graph = tracks_data(self.table(along))
             if not len(data):
                 continue
-            renumber = {}
-            for obj in np.unique(data[:, 0]).astype(int):
-                renumber[obj] = next_id
-                next_id += 1
-            ids = np.array([renumber[int(i)] for i in data[:, 0]], float)
+            objects, inverse = np.unique(data[:, 0].astype(int), return_inverse=True)
+            renumber = dict(zip(objects.tolist(), range(next_id, next_id + len(objects))))
+            ids = (next_id + inverse).astype(float)
+            next_id += len(objects)
             chunks.append(np.column_stack([ids, data[:, 1], np.full(len(data), float(along.at)), data[:, 2:]]))
             obj_ids.append(data[:, 0].astype(int))
             zs.append(np.full(len(data), along.at, int))

@@ -67,8 +67,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init-from-shipped", action="store_true", help="start from the packaged weights")
     parser.add_argument("--bank", type=int, default=0,
-                        help="make this many scenes up front and draw from them (x8 flips/rotations) "
-                        "instead of making a new scene per sample; faster on a small CPU")
+                        help="make this many scenes up front (in --threads processes) and draw from "
+                        "them, x8 flips/rotations, instead of making a new scene per sample")
     parser.add_argument("--warmup", type=int, default=CONFIG.warmup)
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")

@@ -58,8 +58,9 @@ class TiledObjectSegmenter:
     """Decode one object from a growing set of prompts in a large image.
 
     Like :class:`~src_core.interactive.ObjectSegmenter`: a single click asks for
-    three masks (the best scored is shown first, :meth:`cycle` shows the others); more points on the same object reuse the
-    previous result's window and logits; :meth:`reset` forgets them.
+    three masks (the best scored first, :meth:`cycle` shows the others); more points
+    on the same object reuse the previous result's window and logits; :meth:`reset`
+    forgets them.
 
     Parameters
     ----------

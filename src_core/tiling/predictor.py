@@ -330,11 +330,9 @@ class TiledPredictor:
             kwargs["mask_input"] = mask_input
         masks, scores, logits = self.predictor.predict(**kwargs)
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-        results = []
+        results, step = [], window.step
         for index in order:
-            mask = np.asarray(masks[index], dtype=bool)
-            crop, (r0, c0) = bbox_crop(mask)
-            step = window.step
+            crop, (r0, c0) = bbox_crop(np.asarray(masks[index], dtype=bool))
             if step > 1 and crop.size:
                 crop = np.repeat(np.repeat(crop, step, axis=0), step, axis=1)
                 crop = crop[: window.y1 - (window.y0 + r0 * step), : window.x1 - (window.x0 + c0 * step)]
