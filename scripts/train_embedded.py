@@ -70,6 +70,11 @@ def main() -> int:
                         help="make this many scenes up front (in --threads processes) and draw from "
                         "them, x8 flips/rotations, instead of making a new scene per sample")
     parser.add_argument("--warmup", type=int, default=CONFIG.warmup)
+    parser.add_argument("--lr", type=float, default=CONFIG.lr, help="peak learning rate")
+    parser.add_argument("--jitter", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="large-scale jitter: rescale images by a factor in [LO, HI]")
+    parser.add_argument("--jitter-probability", type=float, default=1.0,
+                        help="share of samples that are jittered (the rest keep their scale)")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
     args = parser.parse_args()
@@ -82,7 +87,9 @@ def main() -> int:
         save_model(model, SHIPPED, dtype=torch.float16)
         print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.1f} MB)")
         return 0
-    CONFIG.steps, CONFIG.warmup, CONFIG.bf16 = args.steps, args.warmup, args.bf16
+    CONFIG.steps, CONFIG.warmup, CONFIG.bf16, CONFIG.lr = args.steps, args.warmup, args.bf16, args.lr
+    CONFIG.jitter = tuple(args.jitter) if args.jitter else None
+    CONFIG.jitter_probability = args.jitter_probability
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 

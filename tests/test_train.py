@@ -105,6 +105,24 @@ def test_prepare_sample_resizes_filters_and_limits_masks():
     assert jittered is None or jittered.image.shape == (3, 128, 128)
 
 
+def test_jitter_is_applied_to_the_configured_share_of_samples():
+    labels = np.zeros((128, 128), np.int32)  # a grid of 6 x 6 squares: 36 pixels each
+    for i in range(10):
+        for j in range(10):
+            labels[3 + 12 * i : 9 + 12 * i, 3 + 12 * j : 9 + 12 * j] = 1 + 10 * i + j
+    image = (labels > 0).astype(np.float32)
+    source = ArrayPairs(image[None], labels[None])
+
+    def jittered(config):  # scale 2 shows a quarter of the image, each square 144 pixels
+        samples = Trainer(small_model(), source, config)._next_samples()
+        return [np.median(s.masks.sum(axis=(1, 2))) > 100 for s in samples]
+
+    some = jittered(TrainConfig(batch_size=40, jitter=(2.0, 2.0), jitter_probability=0.25, seed=4))
+    assert 4 <= sum(some) <= 18, sum(some)  # about 10 of 40
+    assert all(jittered(TrainConfig(batch_size=8, jitter=(2.0, 2.0), seed=4)))
+    assert not any(jittered(TrainConfig(batch_size=8, seed=4)))
+
+
 def test_folder_pairs_both_layouts(tmp_path):
     image, labels = nuclei_pair()
     (tmp_path / "a" / "images").mkdir(parents=True)

@@ -53,6 +53,7 @@ class TrainConfig:
     layer_decay: float = 0.8
     drop_path: float = 0.4
     jitter: tuple[float, float] | None = None
+    jitter_probability: float = 1.0
     max_area_fraction: float = 0.9
     correction_rounds: int = 2
     box_probability: float = 0.5
@@ -197,9 +198,12 @@ class Trainer:
                     f"more than {self.config.max_area_fraction:.0%} of its image"
                 )
             image, labels = self.source[int(self.rng.integers(len(self.source)))]
+            jitter = self.config.jitter
+            if jitter is not None and self.config.jitter_probability < 1.0:
+                jitter = jitter if self.rng.random() < self.config.jitter_probability else None
             sample = prepare_sample(
                 image, labels, self.model.image_encoder.img_size, self.rng,
-                self.config.masks_per_image, self.config.max_area_fraction, self.config.jitter,
+                self.config.masks_per_image, self.config.max_area_fraction, jitter,
             )
             if sample is not None:
                 samples.append(sample)
