@@ -665,12 +665,9 @@ class TrackPanel(QWidget):
     def _tracks_through_time_per_z(self):
         """Tracks data (N, 5), graph and features of every z of a (T, Z, Y, X) stack tracked through time."""
         chunks, graph, obj_ids, zs = [], {}, [], []
-        axes = {a for a in self._tables if a.axis == 0 and a.at is not None}
-        if self._run_axis is not None and self._run_axis.axis == 0:
-            axes.add(self._run_axis)
         next_id = 1
-        for along in sorted(axes, key=lambda a: a.at):
-            data, z_graph = tracks_data(self.table(along))
+        for along, table in self._tables_across(0):
+            data, z_graph = tracks_data(table)
             if not len(data):
                 continue
             objects, inverse = np.unique(data[:, 0].astype(int), return_inverse=True)
@@ -689,6 +686,27 @@ class TrackPanel(QWidget):
         return np.concatenate(chunks), graph, features
 
     # -- results and exports ------------------------------------------------------------
+
+    def _tables_across(self, axis: int) -> list[tuple[T.TrackAxis, np.ndarray]]:
+        """The tables tracked along ``axis`` of a (T, Z, Y, X) stack, one per position
+        on the other leading axis, in order of that position."""
+        axes = {a for a in self._tables if a.axis == axis and a.at is not None}
+        if self._run_axis is not None and self._run_axis.axis == axis and self._run_axis.at is not None:
+            axes.add(self._run_axis)
+        return [(along, self.table(along)) for along in sorted(axes, key=lambda a: a.at)]
+
+    def _export_rows(self) -> tuple[np.ndarray, tuple[str, np.ndarray] | None]:
+        """The rows to export and, in a (T, Z, Y, X) stack, the position column: every
+        z tracked through time (column "z"), or every t tracked through z (column "t")."""
+        along = self.track_axis()
+        if along.at is None:
+            return self.table(), None
+        tables = self._tables_across(along.axis)
+        if not any(at == along for at, _ in tables):
+            tables.append((along, self.table(along)))
+        rows = np.concatenate([table for _, table in tables])
+        where = np.concatenate([np.full(len(table), at.at, int) for at, table in tables])
+        return rows, ("z" if along.axis == 0 else "t", where)
 
     def _table_of(self, along: T.TrackAxis) -> np.ndarray:
         rows = self._tables.get(along, TrackingWriter().table)
@@ -718,12 +736,13 @@ class TrackPanel(QWidget):
         return Path(path)
 
     def export_table(self, path=None) -> Path | None:
-        """Write the per-frame table CSV (frame, id, centroid, area, bbox, score, status)."""
+        """Write the per-frame table CSV (frame, id, centroid, area, bbox, score, status);
+        in a (T, Z, Y, X) stack every tracked z (or t) with a first column "z" (or "t")."""
         path = self._target(path, "Save the per-frame table", "CSV (*.csv)")
         if path is None:
             return None
         try:
-            write_table(path, self.table())
+            write_table(path, *self._export_rows())
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
@@ -731,13 +750,15 @@ class TrackPanel(QWidget):
         return path
 
     def export_trajectories(self, path=None) -> Path | None:
-        """Write the wide trajectories CSV (frame, x1, y1, x2, y2, ...)."""
+        """Write the wide trajectories CSV (frame, x1, y1, x2, y2, ...); in a (T, Z, Y, X)
+        stack one pair per object and z (or t): x1_z0, y1_z0, ..."""
         path = self._target(path, "Save the trajectories", "CSV (*.csv)")
         if path is None:
             return None
         try:
             n = self.layers[T.TRACKS].data.shape[self.track_axis().axis]
-            write_trajectories(path, self.table(), n_frames=n)
+            rows, position = self._export_rows()
+            write_trajectories(path, rows, n_frames=n, position=position)
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None

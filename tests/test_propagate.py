@@ -363,6 +363,30 @@ def test_outputs_table_trajectories_tracks_and_overlay(tmp_path, reentry):
     assert tinted[labels[5] == 2].mean() > 3 * tinted[labels[5] == 0].mean()
 
 
+def test_tables_of_several_z_keep_their_position_column(tmp_path):
+    from src_core.propagate import table_from_labels, write_table, write_trajectories
+
+    labels = np.zeros((3, 20, 20), np.int32)
+    labels[:, 2:6, 2:6] = 1
+    labels[1:, 10:14, 12:18] = 2
+    table = table_from_labels(labels)
+    both = np.concatenate([table, table])
+    zs = np.repeat([0, 4], len(table))
+    path = write_table(tmp_path / "t.csv", both, position=("z", zs))
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == ["z", *TABLE_COLUMNS]
+    back, where = read_table(path, position="z")
+    assert (where == zs).all() and (back["centroid_x"] == both["centroid_x"]).all()
+    assert len(read_table(path)) == len(both)  # the plain reader ignores the extra column
+    with pytest.raises(ValueError, match="2 z values for a table of 10 rows"):
+        write_table(tmp_path / "bad.csv", both, position=("z", [0, 1]))
+    assert not (tmp_path / "bad.csv").exists()
+    with open(write_trajectories(tmp_path / "w.csv", both, position=("z", zs)), newline="") as f:
+        wide = list(csv.reader(f))
+    assert wide[0] == ["frame", "x1_z0", "y1_z0", "x2_z0", "y2_z0", "x1_z4", "y1_z4", "x2_z4", "y2_z4"]
+    assert wide[1][3] == "NaN" and float(wide[2][7]) == pytest.approx(14.5)
+
+
 def test_tracks_graph_for_divisions(cells):
     _, _, results = cells
     writer = TrackingWriter(None)

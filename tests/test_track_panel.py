@@ -287,7 +287,7 @@ def test_settings_reach_the_engine(widget, scene, qtbot, monkeypatch):
     assert got["recipe"] == "box" and got["qc"] == VOLUME_QC and "search_frames" not in got
 
 
-def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot):
+def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     scene = make_scene("crossing", size=64)
     n, nz = 8, 3
     # z 1 holds frames 0-7 of the scene, z 0 and 2 other frames (other positions)
@@ -364,6 +364,21 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot):
         rows = tracks[tracks[:, 2] == z]
         t, y, x = rows[0, 1].astype(int), int(round(rows[0, 3])), int(round(rows[0, 4]))
         assert labels[t, z, y, x] > 0
+    # the exports hold every z tracked through time, with a z column
+    table, zs = read_table(panel.export_table(tmp_path / "table.csv"), position="z")
+    assert set(zs.tolist()) == {0, 1} and set(table["frame"][zs == 0].tolist()) == set(range(n))
+    for z in (0, 1):
+        row = table[(zs == z) & (table["frame"] == 2)][0]
+        y, x = int(round(row["centroid_y"])), int(round(row["centroid_x"]))
+        assert labels[2, z, y, x] == row["id"]
+    with pytest.raises(ValueError, match="missing columns"):
+        read_table(tmp_path / "table.csv", position="t")
+    with open(panel.export_trajectories(tmp_path / "traj.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert {"x1_z0", "y1_z0", "x1_z1", "y1_z1"} <= set(rows[0]) and len(rows) == 1 + n
+    column = rows[0].index("x1_z0")
+    first = table[(zs == 0) & (table["id"] == 1) & (table["frame"] == 0)][0]
+    assert abs(float(rows[1][column]) - first["centroid_x"]) < 0.01
 
 
 def test_cancel_keeps_the_frames_done(widget, scene, qtbot):

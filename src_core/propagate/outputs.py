@@ -207,21 +207,31 @@ def _dedupe(table: np.ndarray) -> np.ndarray:
     return kept[np.lexsort((kept["id"], kept["frame"]))]
 
 
-def read_table(path: str | os.PathLike) -> np.ndarray:
-    """Read a per-frame table CSV into a structured array (see :data:`TABLE_COLUMNS`)."""
+def read_table(path: str | os.PathLike, position: str | None = None):
+    """Read a per-frame table CSV into a structured array (see :data:`TABLE_COLUMNS`).
+
+    ``position="z"`` (or ``"t"``) also returns that first column of a table written
+    with ``position`` (see :func:`write_table`): ``(table, values)``.
+    """
     path = Path(path)
-    rows = []
+    rows, where = [], []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = set(TABLE_COLUMNS) - set(reader.fieldnames or ())
+        if position is not None and position not in (reader.fieldnames or ()):
+            missing.add(position)
         if missing:
             raise ValueError(f"{path} is not a napari-sam track table (missing columns {sorted(missing)})")
         for n, row in enumerate(reader, start=2):
             try:
-                rows.append(tuple(_parse(name, row[name]) for name in TABLE_COLUMNS))
+                parsed = tuple(_parse(name, row[name]) for name in TABLE_COLUMNS)
+                if position is not None:
+                    where.append(int(row[position]))
             except (TypeError, ValueError):
                 break  # a row cut short by a crash: the rows before it stand
-    return np.array(rows, dtype=_TABLE_DTYPE)
+            rows.append(parsed)
+    table = np.array(rows, dtype=_TABLE_DTYPE)
+    return table if position is None else (table, np.array(where, int))
 
 
 def _parse(name: str, text: str):
@@ -234,34 +244,63 @@ def _parse(name: str, text: str):
     return float(text) if text else np.nan
 
 
-def write_table(path: str | os.PathLike, table: np.ndarray) -> Path:
-    """Write a structured table (as :attr:`TrackingWriter.table`) as the per-frame CSV."""
+def write_table(
+    path: str | os.PathLike, table: np.ndarray, position: tuple[str, np.ndarray] | None = None
+) -> Path:
+    """Write a structured table (as :attr:`TrackingWriter.table`) as the per-frame CSV.
+
+    ``position=(name, values)`` adds a first column ``name`` with one value per row:
+    the index on the other leading axis of a (T, Z, Y, X) stack (``"z"`` for tables
+    tracked through time at several z, ``"t"`` for tables tracked through z).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
+    header, prefix = list(TABLE_COLUMNS), None
+    if position is not None:
+        name, values = position
+        prefix = np.asarray(values, int)
+        if prefix.shape != (len(table),):
+            raise ValueError(f"{len(prefix)} {name} values for a table of {len(table)} rows")
+        header = [name] + header
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(TABLE_COLUMNS)
-        writer.writerows(_format_row(tuple(r)) for r in table)
+        writer.writerow(header)
+        for i, r in enumerate(table):
+            row = _format_row(tuple(r))
+            writer.writerow(row if prefix is None else [str(prefix[i])] + row)
     os.replace(tmp, path)
     return path
 
 
-def write_trajectories(path: str | os.PathLike, table: np.ndarray, n_frames: int | None = None) -> Path:
-    """Write the wide ``frame, x1, y1, x2, y2, ...`` CSV of a table's centroids."""
+def write_trajectories(
+    path: str | os.PathLike,
+    table: np.ndarray,
+    n_frames: int | None = None,
+    position: tuple[str, np.ndarray] | None = None,
+) -> Path:
+    """Write the wide ``frame, x1, y1, x2, y2, ...`` CSV of a table's centroids.
+
+    With ``position=(name, values)`` (see :func:`write_table`) an object has one
+    pair of columns per position, ``x1_z0, y1_z0, x1_z2, ...``.
+    """
     path = Path(path)
-    seen = table[~np.isnan(table["centroid_x"])] if len(table) else table
-    ids = sorted(set(seen["id"].tolist())) if len(seen) else []
+    where = np.zeros(len(table), int) if position is None else np.asarray(position[1], int)
+    if where.shape != (len(table),):
+        raise ValueError(f"{len(where)} {position[0]} values for a table of {len(table)} rows")
+    seen = ~np.isnan(table["centroid_x"]) if len(table) else np.zeros(0, bool)
+    keys = sorted({(int(p), int(i)) for p, i in zip(where[seen], table["id"][seen])})
     last = int(table["frame"].max()) + 1 if len(table) else 0
     n = max(n_frames or 0, last)
-    xy = np.full((n, 2 * len(ids)), np.nan)
-    column = {obj_id: i for i, obj_id in enumerate(ids)}
-    for row in seen:
-        c = column[int(row["id"])]
+    xy = np.full((n, 2 * len(keys)), np.nan)
+    column = {key: i for i, key in enumerate(keys)}
+    for p, row in zip(where[seen], table[seen]):
+        c = column[int(p), int(row["id"])]
         xy[row["frame"], 2 * c : 2 * c + 2] = row["centroid_x"], row["centroid_y"]
+    suffix = (lambda p: "") if position is None else (lambda p: f"_{position[0]}{p}")
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["frame"] + [f"{axis}{i}" for i in ids for axis in ("x", "y")])
+        writer.writerow(["frame"] + [f"{axis}{i}{suffix(p)}" for p, i in keys for axis in ("x", "y")])
         for t in range(n):
             writer.writerow([t] + ["NaN" if np.isnan(v) else f"{v:.2f}" for v in xy[t]])
     os.replace(tmp, path)
