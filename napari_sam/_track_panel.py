@@ -10,7 +10,7 @@ earlier run left there goes). Painting on a frame of "SAM tracks" makes it a key
 frame: its labels are given to the next run as the objects' masks (an object erased
 there is lost on it) and never overwritten, not even while a run goes on.
 Results also go to a Tracks layer; Export writes the engine's table, trajectories
-and overlay video. "Settings" holds the engine's prompt recipe and its accept/reject
+and overlay video. "Settings" (:class:`~napari_sam._track_settings.TrackSettings`) holds the engine's prompt recipe and its accept/reject
 thresholds. A (T, Z, Y, X) stack is tracked through time at the shown z (or through
 z at the shown t).
 
@@ -20,8 +20,6 @@ viewer, the predictor, the chosen image, its normalization and the job runner.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,32 +28,24 @@ import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QToolButton,
     QWidget,
     QVBoxLayout,
 )
 
 from src_core.propagate import (
-    DEFAULT_RECIPE,
     DIRECTIONS,
-    RECIPES,
-    VOLUME_QC,
     PropagationError,
-    QualityControl,
     TrackingWriter,
     propagate,
     propagate_volume,
@@ -68,23 +58,9 @@ from src_core.propagate import (
 
 from . import _layers as L
 from . import _track_layers as T
+from ._track_settings import TrackSettings
 
 AXES = ("time (video, T stack)", "z (volume)")
-#: The engine's defaults, shown in "Settings": QC thresholds per axis, frames a lost object is searched for.
-DEFAULT_QC = (QualityControl(), VOLUME_QC)
-DEFAULT_SEARCH_FRAMES = inspect.signature(propagate).parameters["search_frames"].default
-
-
-def describe_recipe(name: str) -> str:
-    """One line saying what a prompt recipe gives SAM on every frame."""
-    r = RECIPES[name]
-    parts = [text for on, text in (
-        (r.box, "the moved, enlarged box"), (r.mask_logits, "the previous mask logits"),
-        (r.interior_point, "a click inside"), (r.negative_points, "the neighbours as background clicks"),
-    ) if on]
-    extra = ("" if r.motion else "; no motion model") + ("; 3 candidates, the best kept" if r.multimask else "")
-    default = " (default)" if r == DEFAULT_RECIPE else ""
-    return f"{name}{default}: " + ", ".join(parts) + extra
 
 
 @dataclass(frozen=True)
@@ -222,124 +198,24 @@ class TrackPanel(QWidget):
         form.addRow("direction", self.direction_box)
         form.addRow("frames", span)
         form.addRow(self.follow_check)
-        form.addRow(self._build_settings())
+        self.settings_panel = TrackSettings()
+        form.addRow(self.settings_panel)
         form.addRow(buttons)
         form.addRow(self.keys_label)
         form.addRow(key_buttons)
         form.addRow("export", exports)
 
-    def _build_settings(self) -> QWidget:
-        """'Settings' (folded): the prompt recipe and the QC thresholds, the engine's defaults."""
-        holder = QWidget()
-        outer = QVBoxLayout(holder)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(2)
-        header = QHBoxLayout()
-        self.settings_button = QToolButton()
-        self.settings_button.setText("Settings")
-        self.settings_button.setCheckable(True)
-        self.settings_button.setArrowType(Qt.ArrowType.RightArrow)
-        self.settings_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.settings_button.setAutoRaise(True)
-        self.settings_button.setToolTip("How each frame is prompted, and when a mask is rejected (the object lost).")
-        self.settings_button.toggled.connect(self._fold_settings)
-        defaults = QPushButton("Defaults")
-        defaults.setToolTip("The engine's defaults for the chosen axis.")
-        defaults.clicked.connect(self.reset_settings)
-        header.addWidget(self.settings_button)
-        header.addStretch(1)
-        header.addWidget(defaults)
-        outer.addLayout(header)
-        self.settings_area = QWidget()
-        grid = QGridLayout(self.settings_area)
-        grid.setContentsMargins(12, 0, 0, 0)
-        grid.setVerticalSpacing(2)
-        self.recipe_box = QComboBox()
-        for i, name in enumerate(RECIPES):
-            self.recipe_box.addItem(name)
-            self.recipe_box.setItemData(i, describe_recipe(name), Qt.ItemDataRole.ToolTipRole)
-        self.recipe_box.setToolTip(
-            "How an object's prompt on the next frame is made from its mask on this one:\n"
-            + "\n".join(describe_recipe(name) for name in RECIPES)
-        )
-        qc = QualityControl()
-
-        def number(low, high, step, tip, decimals=2):
-            box = QDoubleSpinBox()
-            box.setRange(low, high)
-            box.setSingleStep(step)
-            box.setDecimals(decimals)
-            box.setToolTip(tip)
-            return box
-
-        self.min_score_box = number(0.0, 1.0, 0.05, "Reject a mask whose predicted IoU (SAM's own estimate) is lower.")
-        self.min_stability_box = number(
-            0.0, 1.0, 0.05, "Reject a mask that changes this much when the logit threshold moves by "
-            f"+-{qc.stability_offset:g} (stability score)."
-        )
-        self.max_area_box = number(
-            1.0, 100.0, 0.1, "Reject a mask whose area is more than this many times (or less than 1/this of) "
-            "the object's area on the previous frame.", decimals=1,
-        )
-        self.search_box = QSpinBox()
-        self.search_box.setRange(0, 100000)
-        self.search_box.setToolTip(
-            "Frames a lost object is searched for around its predicted position before it is given up "
-            "(0: it ends where it is lost). Along z an object always ends where it is lost."
-        )
-        for row, (label, box, label2, box2) in enumerate((
-            ("min pred. IoU", self.min_score_box, "min stability", self.min_stability_box),
-            ("max area change \u00d7", self.max_area_box, "search frames K", self.search_box),
-        )):
-            grid.addWidget(QLabel(label), row + 1, 0)
-            grid.addWidget(box, row + 1, 1)
-            grid.addWidget(QLabel(label2), row + 1, 2)
-            grid.addWidget(box2, row + 1, 3)
-        grid.addWidget(QLabel("prompt recipe"), 0, 0)
-        grid.addWidget(self.recipe_box, 0, 1, 1, 3)
-        grid.setColumnStretch(1, 1)
-        grid.setColumnStretch(3, 1)
-        outer.addWidget(self.settings_area)
-        self.settings_area.setVisible(False)
-        self.reset_settings()
-        return holder
-
-    def _fold_settings(self, shown: bool) -> None:
-        self.settings_area.setVisible(shown)
-        self.settings_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-
     def reset_settings(self) -> None:
-        """The engine's defaults (QC thresholds of the chosen axis)."""
-        along_z = self.axis_box.currentIndex() == 1
-        qc = DEFAULT_QC[int(along_z)]
-        self.recipe_box.setCurrentText(DEFAULT_RECIPE.name)
-        self.min_score_box.setValue(qc.min_score)
-        self.min_stability_box.setValue(qc.min_stability)
-        self.max_area_box.setValue(qc.max_area_change)
-        self.search_box.setValue(DEFAULT_SEARCH_FRAMES)
-        self.search_box.setEnabled(not along_z)
+        """The engine's defaults in "Settings" (QC thresholds of the chosen axis)."""
+        self.settings_panel.reset()
 
     def settings(self) -> dict:
         """The engine's keyword arguments set in "Settings": ``recipe``, ``qc`` (and ``search_frames`` in time)."""
-        along_z = self.axis_box.currentIndex() == 1
-        qc = dataclasses.replace(
-            DEFAULT_QC[int(along_z)],
-            min_score=self.min_score_box.value(),
-            min_stability=self.min_stability_box.value(),
-            max_area_change=self.max_area_box.value(),
-        )
-        out = {"recipe": self.recipe_box.currentText(), "qc": qc}
-        if not along_z:
-            out["search_frames"] = self.search_box.value()
-        return out
+        return self.settings_panel.values()
 
     def _on_axis_changed(self, index: int) -> None:
         self.direction_box.setEnabled(index == 0)
-        self.search_box.setEnabled(index == 0)
-        # the other axis's default area limit follows the axis (a value the user set stays)
-        before, after = DEFAULT_QC[1 - index].max_area_change, DEFAULT_QC[index].max_area_change
-        if abs(self.max_area_box.value() - before) < 1e-9:
-            self.max_area_box.setValue(after)
+        self.settings_panel.set_axis(index == 1)
         if self.layers:
             self._update_range()
             self._show_keys()

@@ -253,18 +253,18 @@ def test_settings_reach_the_engine(widget, scene, qtbot, monkeypatch):
     viewer, w = widget(scene[:], StandInSegmenter(scene.labels_for_image))
     panel = w.track
     # folded at first; the engine's defaults
-    assert panel.settings_area.isHidden()
-    panel.settings_button.setChecked(True)
-    assert not panel.settings_area.isHidden()
+    assert panel.settings_panel.settings_area.isHidden()
+    panel.settings_panel.settings_button.setChecked(True)
+    assert not panel.settings_panel.settings_area.isHidden()
     qc = QualityControl()
-    assert panel.recipe_box.currentText() == DEFAULT_RECIPE.name
-    assert (panel.min_score_box.value(), panel.min_stability_box.value()) == (qc.min_score, qc.min_stability)
-    assert panel.max_area_box.value() == qc.max_area_change and panel.search_box.value() == 30
-    panel.recipe_box.setCurrentText("full")
-    panel.min_score_box.setValue(0.5)
-    panel.min_stability_box.setValue(0.65)
-    panel.max_area_box.setValue(2.2)
-    panel.search_box.setValue(7)
+    assert panel.settings_panel.recipe_box.currentText() == DEFAULT_RECIPE.name
+    assert (panel.settings_panel.min_score_box.value(), panel.settings_panel.min_stability_box.value()) == (qc.min_score, qc.min_stability)
+    assert panel.settings_panel.max_area_box.value() == qc.max_area_change and panel.settings_panel.search_box.value() == 30
+    panel.settings_panel.recipe_box.setCurrentText("full")
+    panel.settings_panel.min_score_box.setValue(0.5)
+    panel.settings_panel.min_stability_box.setValue(0.65)
+    panel.settings_panel.max_area_box.setValue(2.2)
+    panel.settings_panel.search_box.setValue(7)
     prompt_scene(w, scene, 0, [1])
     panel.direction_box.setCurrentText("forward")
     panel.last_box.setValue(4)
@@ -276,11 +276,11 @@ def test_settings_reach_the_engine(widget, scene, qtbot, monkeypatch):
     assert got["qc"].refind_area_change == qc.refind_area_change  # the others stay the engine's
     # along z: the volume's defaults, no search
     panel.axis_box.setCurrentIndex(1)
-    assert not panel.search_box.isEnabled() and panel.max_area_box.value() == 2.2  # the user's value stays
+    assert not panel.settings_panel.search_box.isEnabled() and panel.settings_panel.max_area_box.value() == 2.2  # the user's value stays
     panel.reset_settings()
-    assert panel.max_area_box.value() == VOLUME_QC.max_area_change
-    assert panel.recipe_box.currentText() == DEFAULT_RECIPE.name
-    panel.recipe_box.setCurrentText("box")
+    assert panel.settings_panel.max_area_box.value() == VOLUME_QC.max_area_change
+    assert panel.settings_panel.recipe_box.currentText() == DEFAULT_RECIPE.name
+    panel.settings_panel.recipe_box.setCurrentText("box")
     panel.run()
     wait_done(qtbot, w)
     got = calls[-1]
