@@ -14,6 +14,9 @@ classical segmentation as the reference:
   Otsu threshold, small objects removed, touching nuclei split by a distance
   watershed) -- itself only approximately right.
 
+And the README's sample (synthetic nuclei 2D, uint16): the 16 nuclei the built-in
+model's test clicks on.
+
 Prints mean IoU for one click at the most interior pixel, a tight box, and
 1-3 corrective clicks (see src_core/train/evaluate.py).
 """
@@ -79,6 +82,16 @@ def ihc_reference():
     return image, labels
 
 
+def readme_sample():
+    """The sample README's main command opens (nuclei 2D, uint16), with the 16 nuclei
+    tests/test_builtin_model.py clicks on (the first of at least 80 pixels)."""
+    from src_core.synthetic import make_nuclei_2d
+
+    image, truth = make_nuclei_2d()
+    ids = [i for i in np.unique(truth) if i and (truth == i).sum() >= 80][:16]
+    return image, np.where(np.isin(truth, ids), truth, 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny")
@@ -105,7 +118,7 @@ def main() -> int:
     mixed = [stream[i] for i in range(args.images)]
     rows.append(("held-out mixed, 384 px", evaluate_prompts(predictor, mixed, max_objects=8)))
     for name, make in (("coins (skimage)", coins_reference), ("horse (skimage)", horse_reference),
-                       ("immunohistochemistry", ihc_reference)):
+                       ("immunohistochemistry", ihc_reference), ("README sample, nuclei 2D", readme_sample)):
         rows.append((name, evaluate_prompts(predictor, [make()], max_objects=40)))
     for name, s in rows:
         print(f"{name:<28}{s.objects:>8}{s.point:>8.3f}{s.box:>8.3f}" + "".join(f"{c:>8.3f}" for c in s.clicks[1:]))
