@@ -11,12 +11,15 @@ Run by hand (CI only runs a short training test):
 schedule), to train the built-in model further in a later session.
 
 ``--export`` writes the float16 copy that ships in the package
-(src_core/weights/sam_vit_tiny.pth). The shipped file came from two runs with the
+(src_core/weights/sam_vit_tiny.pth). The shipped file came from three runs with the
 seeds and recipe below (README, "The built-in model", records their times):
 
     .venv/bin/python scripts/train_embedded.py --steps 2000     # then --resume --steps 2500
     .venv/bin/python scripts/train_embedded.py --out build/embedded2/vit_tiny.pth \
         --init-from-shipped --steps 5400 --warmup 150 --bank 6000
+    .venv/bin/python scripts/train_embedded.py --out build/embedded3/vit_tiny.pth \
+        --init-from-shipped --steps 5600 --warmup 150 --bank 6000 --lr 4e-4 \
+        --jitter 1.0 2.5 --jitter-probability 0.3
 """
 
 from __future__ import annotations
