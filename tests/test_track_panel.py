@@ -573,7 +573,7 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     assert w.track.prepare()
     prompt_scene(w, scene, 30)
     w.tabs.setCurrentWidget(w.track)
-    w.track.settings_button.setChecked(True)  # show the settings too
+    w.track.settings_panel.settings_button.setChecked(True)  # show the settings too
     w.track.run()
     wait_done(qtbot, w)
     viewer.dims.current_step = (38, 0, 0)
