@@ -10,9 +10,9 @@ earlier run left there goes). Painting on a frame of "SAM tracks" makes it a key
 frame: its labels are given to the next run as the objects' masks (an object erased
 there is lost on it) and never overwritten, not even while a run goes on.
 Results also go to a Tracks layer; Export writes the engine's table, trajectories
-and overlay video. "Settings" (:class:`~napari_sam._track_settings.TrackSettings`) holds the engine's prompt recipe and its accept/reject
-thresholds. A (T, Z, Y, X) stack is tracked through time at the shown z (or through
-z at the shown t).
+and overlay video. "Settings" (:class:`~napari_sam._track_settings.TrackSettings`)
+holds the engine's prompt recipe and its accept/reject thresholds. A (T, Z, Y, X)
+stack is tracked through time at the shown z (or through z at the shown t).
 
 The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
 viewer, the predictor, the chosen image, its normalization and the job runner.
