@@ -578,8 +578,8 @@ class TrackPanel(QWidget):
         if along.at is None:
             return self.table(), None
         tables = self._tables_across(along.axis)
-        if not any(at == along for at, _ in tables):
-            tables.append((along, self.table(along)))
+        if not any(at == along for at, _ in tables):  # the shown plane, e.g. only painted so far
+            tables = sorted([*tables, (along, self.table(along))], key=lambda item: item[0].at)
         rows = np.concatenate([table for _, table in tables])
         where = np.concatenate([np.full(len(table), at.at, int) for at, table in tables])
         return rows, ("z" if along.axis == 0 else "t", where)

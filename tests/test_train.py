@@ -121,6 +121,8 @@ def test_jitter_is_applied_to_the_configured_share_of_samples():
     assert 4 <= sum(some) <= 18, sum(some)  # about 10 of 40
     assert all(jittered(TrainConfig(batch_size=8, jitter=(2.0, 2.0), seed=4)))
     assert not any(jittered(TrainConfig(batch_size=8, seed=4)))
+    with pytest.raises(ValueError, match="share of the samples"):
+        Trainer(small_model(), source, TrainConfig(jitter=(1.0, 2.0), jitter_probability=1.5))
 
 
 def test_folder_pairs_both_layouts(tmp_path):

@@ -113,6 +113,8 @@ class Trainer:
     def __init__(self, model: Sam, source: Any, config: TrainConfig, output: str | os.PathLike | None = None) -> None:
         if len(source) == 0:
             raise ValueError("the training data is empty: give at least one image with labels")
+        if not 0.0 <= config.jitter_probability <= 1.0:
+            raise ValueError(f"jitter_probability is a share of the samples, 0 to 1; got {config.jitter_probability}")
         self.model, self.source, self.config = model, source, config
         self.output = Path(output) if output is not None else None
         self.step = 0
