@@ -78,9 +78,18 @@ def main() -> int:
                         help="large-scale jitter: rescale images by a factor in [LO, HI]")
     parser.add_argument("--jitter-probability", type=float, default=1.0,
                         help="share of samples that are jittered (the rest keep their scale)")
+    parser.add_argument("--scene-seed", type=int, default=SCENE_SEED,
+                        help="seed of the procedural scenes (a new one gives scenes earlier runs never saw; "
+                        "scripts/eval_embedded.py holds out 777 and 778)")
+    parser.add_argument("--correction-rounds", type=int, default=CONFIG.correction_rounds,
+                        help="most corrective-click rounds simulated before the trained one")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
     args = parser.parse_args()
+    if args.scene_seed in (777, 778):
+        parser.error("scene seeds 777 and 778 are the held-out evaluation scenes")
+    if args.correction_rounds < 0:
+        parser.error("--correction-rounds must be 0 or more")
     torch.set_num_threads(args.threads)
     model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
     if args.export:
@@ -93,16 +102,17 @@ def main() -> int:
     CONFIG.steps, CONFIG.warmup, CONFIG.bf16, CONFIG.lr = args.steps, args.warmup, args.bf16, args.lr
     CONFIG.jitter = tuple(args.jitter) if args.jitter else None
     CONFIG.jitter_probability = args.jitter_probability
+    CONFIG.correction_rounds = args.correction_rounds
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 
         model.load_state_dict({k: v.float() for k, v in load_state_dict(SHIPPED).items()}, strict=True)
     if args.bank:
         start = time.time()
-        source = SceneBank(SCENE_SEED, args.bank, size=256, workers=args.threads)
+        source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads)
         print(f"made {args.bank} scenes in {time.time() - start:.0f} s", flush=True)
     else:
-        source = SceneStream(SCENE_SEED, size=256)
+        source = SceneStream(args.scene_seed, size=256)
     from src_core.device import resolve_device
 
     model.to(resolve_device(None if args.device == "auto" else args.device))

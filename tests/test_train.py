@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -123,6 +127,8 @@ def test_jitter_is_applied_to_the_configured_share_of_samples():
     assert not any(jittered(TrainConfig(batch_size=8, seed=4)))
     with pytest.raises(ValueError, match="share of the samples"):
         Trainer(small_model(), source, TrainConfig(jitter=(1.0, 2.0), jitter_probability=1.5))
+    with pytest.raises(ValueError, match="0 or more"):
+        Trainer(small_model(), source, TrainConfig(correction_rounds=-1))
 
 
 def test_folder_pairs_both_layouts(tmp_path):
@@ -353,3 +359,10 @@ def test_evaluate_prompts_with_a_perfect_predictor():
     assert len(scores.clicks) == 3
     with pytest.raises(ValueError, match="no objects"):
         evaluate_prompts(StandInPredictor(), [(image, np.zeros_like(labels))])
+
+
+def test_embedded_training_script_refuses_the_held_out_scenes():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
+    for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more")):
+        done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr

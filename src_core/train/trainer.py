@@ -115,6 +115,8 @@ class Trainer:
             raise ValueError("the training data is empty: give at least one image with labels")
         if not 0.0 <= config.jitter_probability <= 1.0:
             raise ValueError(f"jitter_probability is a share of the samples, 0 to 1; got {config.jitter_probability}")
+        if config.correction_rounds < 0:
+            raise ValueError(f"correction_rounds is a number of rounds, 0 or more; got {config.correction_rounds}")
         self.model, self.source, self.config = model, source, config
         self.output = Path(output) if output is not None else None
         self.step = 0
