@@ -366,3 +366,32 @@ def test_embedded_training_script_refuses_the_held_out_scenes():
     for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_first_round_is_supervised_when_corrective_rounds_follow(monkeypatch):
+    """With corrective rounds the lone first prompt gets its own loss (and gradient);
+    without ``supervise_first_round`` only the last round is trained."""
+    calls = []
+    real = trainer_module.focal_dice_iou_loss
+
+    def counting(logits, *args, **kwargs):
+        calls.append(logits.requires_grad)
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "focal_dice_iou_loss", counting)
+    pair = ArrayPairs(*nuclei_pair())
+
+    def losses_per_step(supervise: bool, steps: int = 4) -> list[list[bool]]:
+        config = TrainConfig(steps=steps, batch_size=1, masks_per_image=2, correction_rounds=3, warmup=1,
+                             box_probability=0.0, supervise_first_round=supervise, seed=3)
+        trainer, out = Trainer(small_model(), pair, config), []
+        for _ in range(steps):
+            calls.clear()
+            trainer.train_step()
+            out.append(list(calls))
+        return out
+
+    supervised = losses_per_step(True)
+    assert all(c in ([True], [True, True]) for c in supervised), supervised
+    assert [True, True] in supervised  # 3 of 4 samples have corrective rounds
+    assert losses_per_step(False) == [[True]] * 4

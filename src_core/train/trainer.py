@@ -56,6 +56,10 @@ class TrainConfig:
     jitter_probability: float = 1.0
     max_area_fraction: float = 0.9
     correction_rounds: int = 2
+    #: also put a loss on the first prompt's prediction when corrective rounds follow
+    #: (otherwise only the last round is trained, and a lone click, the commonest
+    #: prompt, is trained only in the samples drawn with no corrective round)
+    supervise_first_round: bool = True
     box_probability: float = 0.5
     train_encoder: bool = True
     train_prompt_encoder: bool = True
@@ -258,12 +262,14 @@ class Trainer:
         return low_res, iou
 
     def _simulate(self, embedding, sample: TrainingSample, autocast):
-        """Interactive rounds on one image; the gradient flows through the last one.
+        """Interactive rounds on one image; the loss is on the last one (and the first).
 
-        The rounds before it (0 to ``correction_rounds``, at random) run without
-        gradient: they only produce the clicks and the mask prompt the trained
-        round starts from, which keeps the cost of a step at about one decoding
-        with gradient per mask.
+        The rounds before it (0 to ``correction_rounds``, at random) produce the
+        clicks and the mask prompt the trained round starts from. They run without
+        gradient, except the first one when ``supervise_first_round``: its loss is
+        averaged with the last round's, so the initial prompt (a lone click gives
+        three candidate masks and their predicted IoUs) is trained in every sample.
+        That keeps the cost of a step at one or two decodings with gradient per mask.
         """
         config, rng = self.config, self.rng
         device = embedding.device
@@ -277,13 +283,22 @@ class Trainer:
             coords = torch.from_numpy(sample_points(truth_np, rng)).to(device)
             labels = torch.ones(coords.shape[:2], device=device)
         mask_input = None
+        first_loss = None
         rounds = int(rng.integers(0, config.correction_rounds + 1))
-        for _ in range(rounds):
-            with torch.no_grad(), autocast:
-                low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, coords is not None and coords.shape[1] == 1 and boxes is None)
-            low_res = low_res.float()
+        for index in range(rounds):
+            multimask = coords is not None and coords.shape[1] == 1 and boxes is None
+            if index == 0 and config.supervise_first_round:
+                with autocast:
+                    low_res, iou = self._decode(embedding, coords, labels, boxes, None, multimask)
+                up = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+                first_loss, _ = focal_dice_iou_loss(up, truth, iou.float())
+                low_res, up = low_res.detach().float(), up.detach()
+            else:
+                with torch.no_grad(), autocast:
+                    low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
+                low_res = low_res.float()
+                up = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
             # carry on from the candidate closest to the truth
-            up = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
             actual = mask_iou(up, truth[:, None].expand_as(up))
             best = actual.argmax(1)
             chosen = low_res[torch.arange(len(best)), best][:, None]
@@ -299,6 +314,8 @@ class Trainer:
             low_res, iou_pred = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
         logits = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
         loss, actual = focal_dice_iou_loss(logits, truth, iou_pred.float())
+        if first_loss is not None:
+            loss = (first_loss + loss) / 2
         return loss, actual.max(1).values.mean()
 
 
