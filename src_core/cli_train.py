@@ -51,7 +51,10 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--drop-path", type=float, default=defaults.drop_path)
     p.add_argument("--jitter", action="store_true", help="large-scale jitter, scale range [0.1, 2.0]")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the prompt encoder and decoder")
-    p.add_argument("--correction-rounds", type=int, default=defaults.correction_rounds)
+    p.add_argument("--correction-rounds", type=int, default=defaults.correction_rounds,
+                   help="most corrective-click rounds simulated per sample (0 to this, at random)")
+    p.add_argument("--last-round-only", action="store_true",
+                   help="put the loss on the last round only, not also on the first prompt's prediction")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on recent CPUs and GPUs)")
@@ -105,7 +108,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
             layer_decay=args.layer_decay, drop_path=args.drop_path,
             jitter=(0.1, 2.0) if args.jitter else None, train_encoder=not args.freeze_encoder,
-            correction_rounds=args.correction_rounds, seed=args.seed, bf16=args.bf16,
+            correction_rounds=args.correction_rounds, supervise_first_round=not args.last_round_only,
+            seed=args.seed, bf16=args.bf16,
             checkpoint_every=args.checkpoint_every,
         )
         trainer = Trainer(model, source, config, output=args.output)

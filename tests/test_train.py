@@ -395,3 +395,40 @@ def test_first_round_is_supervised_when_corrective_rounds_follow(monkeypatch):
     assert all(c in ([True], [True, True]) for c in supervised), supervised
     assert [True, True] in supervised  # 3 of 4 samples have corrective rounds
     assert losses_per_step(False) == [[True]] * 4
+
+
+def test_train_command_end_to_end(tmp_path, capsys):
+    """``napari-sam train`` on a folder of TIFF pairs from the built-in model: writes a
+    loadable checkpoint, resumes it, and refuses bad data with the file named."""
+    from src_core.cli import main
+    from src_core.checkpoints import embedded_checkpoint
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(2):
+        image, labels = nuclei_pair(seed=k)
+        tifffile.imwrite(data / f"img{k}.tif", image)
+        tifffile.imwrite(data / f"img{k}_labels.tif", labels)
+    out = tmp_path / "tuned.pth"
+    common = ["--from", "vit_tiny", "--batch-size", "1", "--masks-per-image", "2", "--warmup", "1",
+              "--device", "cpu", "--checkpoint-every", "1"]
+    assert main(["train", str(data), "-o", str(out), "--steps", "2", *common]) == 0
+    tuned = build_sam("vit_tiny", checkpoint=out, device="cpu").state_dict()
+    shipped = build_sam("vit_tiny", checkpoint=embedded_checkpoint(), device="cpu").state_dict()
+    assert set(tuned) == set(shipped)
+    assert any(not torch.equal(tuned[k], shipped[k].to(tuned[k].dtype)) for k in tuned)
+    assert torch.load(f"{out}.state", weights_only=False)["step"] == 2
+    assert main(["train", str(data), "-o", str(out), "--steps", "3", "--resume", *common]) == 0
+    assert torch.load(f"{out}.state", weights_only=False)["step"] == 3
+    capsys.readouterr()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", str(empty), "-o", str(tmp_path / "x.pth"), *common]) == 2
+    assert str(empty) in capsys.readouterr().err
+    tifffile.imwrite(data / "img1_labels.tif", np.zeros((50, 50), np.int32))  # wrong shape
+    before = out.read_bytes()
+    assert main(["train", str(data), "-o", str(out), "--steps", "2", *common]) == 2
+    assert "img1" in capsys.readouterr().err
+    assert out.read_bytes() == before  # the good checkpoint is kept
+    assert not (tmp_path / "x.pth").exists()
