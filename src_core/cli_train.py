@@ -22,6 +22,18 @@ from .cli import _ENGINE_ERRORS, UsageError, _status
 __all__ = ["add_train_parser"]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and an option's default after its help when it
+    has a value to show (not for flags, nor where the help already names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is argparse.SUPPRESS or isinstance(default, bool) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def add_train_parser(sub: Any) -> None:
     """Register the ``train`` subcommand on ``sub`` (argparse subparsers)."""
     from .train.trainer import TrainConfig
@@ -31,7 +43,7 @@ def add_train_parser(sub: Any) -> None:
         "train",
         help="fine-tune SAM on images with instance labels",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="folder of image/label pairs, an image stack, or 'synthetic'")
     p.add_argument("-o", "--output", required=True, type=Path, help="checkpoint to write (.pth)")
@@ -41,24 +53,30 @@ def add_train_parser(sub: Any) -> None:
                         "(default: vit_tiny, the built-in model)")
     p.add_argument("--scratch", action="store_true", help="start from random weights of the --from model type")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT and OUTPUT.state")
-    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps in all")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
-    p.add_argument("--masks-per-image", type=int, default=defaults.masks_per_image)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--warmup", type=int, default=defaults.warmup)
-    p.add_argument("--layer-decay", type=float, default=defaults.layer_decay)
-    p.add_argument("--drop-path", type=float, default=defaults.drop_path)
+    p.add_argument("--masks-per-image", type=int, default=defaults.masks_per_image,
+                   help="most objects of an image trained per step, drawn at random")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=defaults.warmup,
+                   help="steps of linear warm-up; the rate then drops x0.1 at 2/3 and 8/9 of the run")
+    p.add_argument("--layer-decay", type=float, default=defaults.layer_decay,
+                   help="layer-wise learning-rate decay of the image encoder (1: none)")
+    p.add_argument("--drop-path", type=float, default=defaults.drop_path,
+                   help="stochastic depth rate of the image encoder")
     p.add_argument("--jitter", action="store_true", help="large-scale jitter, scale range [0.1, 2.0]")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the prompt encoder and decoder")
     p.add_argument("--correction-rounds", type=int, default=defaults.correction_rounds,
                    help="most corrective-click rounds simulated per sample (0 to this, at random)")
     p.add_argument("--last-round-only", action="store_true",
                    help="put the loss on the last round only, not also on the first prompt's prediction")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampling and initialization")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on recent CPUs and GPUs)")
-    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs and on CPUs with AMX; on other CPUs "
+                   "it can be several times slower than float32)")
+    p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+                   help="write OUTPUT and OUTPUT.state every this many steps (and at the end)")
     p.set_defaults(func=_cmd_train)
 
 

@@ -403,6 +403,9 @@ def test_train_command_end_to_end(tmp_path, capsys):
     from src_core.cli import main
     from src_core.checkpoints import embedded_checkpoint
 
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 64)" in text and "(default: 0)" in text and "--last-round-only" in text
     data = tmp_path / "data"
     data.mkdir()
     for k in range(2):
