@@ -3,8 +3,8 @@
     .venv/bin/python scripts/eval_embedded.py                      # the built-in vit_tiny
     .venv/bin/python scripts/eval_embedded.py --checkpoint X.pth   # any SAM checkpoint
 
-Held-out scenes come from a scene seed the training never used (training draws
-scenes from seed 1125). Real images are scikit-image's bundled ones, with a
+Held-out scenes come from scene seeds the training never uses (777 and 778;
+training draws scenes from seed 1125, or another given with --scene-seed). Real images are scikit-image's bundled ones, with a
 classical segmentation as the reference:
 
 * coins: the gallery's recipe (Sobel elevation map, markers from two thresholds,
@@ -17,8 +17,10 @@ classical segmentation as the reference:
 And the README's sample (synthetic nuclei 2D, uint16): the 16 nuclei the built-in
 model's test clicks on.
 
-Prints mean IoU for one click at the most interior pixel, a tight box, and
-1-3 corrective clicks (see src_core/train/evaluate.py).
+Prints mean IoU for one click at the most interior pixel (the most confident of
+the three candidate masks; "best/3" is the best of the three, what cycling the
+candidates gives), a tight box, and 1-3 corrective clicks (see
+src_core/train/evaluate.py).
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def main() -> int:
     model = build_sam(args.model if args.checkpoint is None else "auto", checkpoint=args.checkpoint, device="cpu")
     predictor = SamPredictor(model)
     print(f"model: {args.checkpoint or args.model}")
-    header = f"{'data':<28}{'objects':>8}{'point':>8}{'box':>8}{'+1':>8}{'+2':>8}{'+3':>8}"
+    header = f"{'data':<28}{'objects':>8}{'point':>8}{'best/3':>8}{'box':>8}{'+1':>8}{'+2':>8}{'+3':>8}"
     print(header)
     print("-" * len(header))
     start = time.time()
@@ -121,14 +123,15 @@ def main() -> int:
                        ("immunohistochemistry", ihc_reference), ("README sample, nuclei 2D", readme_sample)):
         rows.append((name, evaluate_prompts(predictor, [make()], max_objects=40)))
     for name, s in rows:
-        print(f"{name:<28}{s.objects:>8}{s.point:>8.3f}{s.box:>8.3f}" + "".join(f"{c:>8.3f}" for c in s.clicks[1:]))
+        print(f"{name:<28}{s.objects:>8}{s.point:>8.3f}{s.point_best:>8.3f}{s.box:>8.3f}"
+              + "".join(f"{c:>8.3f}" for c in s.clicks[1:]))
     held = [s for name, s in rows if name.startswith("held-out") and "mixed" not in name]
     weights = np.array([s.objects for s in held], float)
     mean = lambda values: float(np.average(values, weights=weights))  # noqa: E731
     print("-" * len(header))
     print(
         f"{'held-out scenes, all kinds':<28}{int(weights.sum()):>8}{mean([s.point for s in held]):>8.3f}"
-        f"{mean([s.box for s in held]):>8.3f}" + "".join(f"{mean([s.clicks[k] for s in held]):>8.3f}" for k in (1, 2, 3))
+        f"{mean([s.point_best for s in held]):>8.3f}{mean([s.box for s in held]):>8.3f}" + "".join(f"{mean([s.clicks[k] for s in held]):>8.3f}" for k in (1, 2, 3))
     )
     print(f"\n({time.time() - start:.0f} s)")
     return 0

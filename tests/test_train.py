@@ -357,8 +357,18 @@ def test_evaluate_prompts_with_a_perfect_predictor():
     assert scores.objects == 2
     assert scores.point == pytest.approx(1.0) and scores.box == pytest.approx(1.0)
     assert len(scores.clicks) == 3
+    assert scores.point_best == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no objects"):
         evaluate_prompts(StandInPredictor(), [(image, np.zeros_like(labels))])
+
+    class Misranking(StandInPredictor):  # most confident in the eroded candidate
+        def predict(self, *args, **kwargs):
+            masks, scores, logits = super().predict(*args, **kwargs)
+            return masks, (scores[[1, 0, 2]] if len(scores) == 3 else scores), logits
+
+    ranked = evaluate_prompts(Misranking(), [(image, labels)], corrections=0)
+    assert ranked.point < 0.95 and ranked.point_best == pytest.approx(1.0)
+    assert ranked.as_dict()["point_best"] == ranked.point_best
 
 
 def test_embedded_training_script_refuses_the_held_out_scenes():

@@ -1,7 +1,8 @@
 """Prompt quality of a model, measured the way SAM's paper does.
 
 For each ground-truth object: one positive click at the object's most interior
-pixel (the most confident of the multimask outputs is kept), the object's tight
+pixel (the most confident of the multimask outputs is kept; ``point_best`` is the
+best of them, what a user gets by cycling to the right candidate), the object's tight
 box, and a session of corrective clicks: starting from the single click, each
 next click goes to the most interior pixel of the largest error region, positive
 on a missed region and negative on a wrongly included one, with the previous
@@ -27,9 +28,10 @@ class PromptScores:
     box: float
     clicks: tuple[float, ...]
     objects: int
+    point_best: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"objects": self.objects, "point": self.point, "box": self.box}
+        out = {"objects": self.objects, "point": self.point, "point_best": self.point_best, "box": self.box}
         out.update({f"{k}_corrections": v for k, v in enumerate(self.clicks) if k})
         return out
 
@@ -72,7 +74,7 @@ def evaluate_prompts(
     objects of fewer than 16 pixels are skipped.
     """
     rng = np.random.default_rng(seed)
-    point, box, clicks = [], [], [[] for _ in range(corrections + 1)]
+    point, point_best, box, clicks = [], [], [], [[] for _ in range(corrections + 1)]
     for index in range(len(pairs)):
         image, labels = pairs[index]
         ids, areas = np.unique(labels, return_counts=True)
@@ -90,6 +92,7 @@ def evaluate_prompts(
             )
             best = int(np.argmax(scores))
             point.append(_iou(masks[best], truth))
+            point_best.append(max(_iou(m, truth) for m in masks))
             ys, xs = np.nonzero(truth)
             b = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
             masks_b, _, _ = predictor.predict(box=b, multimask_output=False)
@@ -114,4 +117,5 @@ def evaluate_prompts(
         box=float(np.mean(box)),
         clicks=tuple(float(np.mean(c)) for c in clicks),
         objects=len(point),
+        point_best=float(np.mean(point_best)),
     )
