@@ -4,8 +4,9 @@
     .venv/bin/python scripts/eval_embedded.py --checkpoint X.pth   # any SAM checkpoint
 
 Held-out scenes come from scene seeds the training never uses (777 and 778;
-training draws scenes from seed 1125, or another given with --scene-seed). Real images are scikit-image's bundled ones, with a
-classical segmentation as the reference:
+training draws scenes from seed 1125, or another given with --scene-seed). Real
+images are scikit-image's bundled ones, with a classical segmentation as the
+reference:
 
 * coins: the gallery's recipe (Sobel elevation map, markers from two thresholds,
   watershed, holes filled), objects touching the border dropped;

@@ -86,7 +86,7 @@ def main() -> int:
                         help="seed of the procedural scenes (a new one gives scenes earlier runs never saw; "
                         "scripts/eval_embedded.py holds out 777 and 778)")
     parser.add_argument("--correction-rounds", type=int, default=CONFIG.correction_rounds,
-                        help="most corrective-click rounds simulated before the trained one")
+                        help="most corrective-click rounds simulated per sample (0 to this, at random)")
     parser.add_argument("--last-round-only", action="store_true",
                         help="loss on the last round only (runs 1-3), not also on the first prompt's")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
