@@ -132,7 +132,8 @@ def main() -> int:
     print("-" * len(header))
     print(
         f"{'held-out scenes, all kinds':<28}{int(weights.sum()):>8}{mean([s.point for s in held]):>8.3f}"
-        f"{mean([s.point_best for s in held]):>8.3f}{mean([s.box for s in held]):>8.3f}" + "".join(f"{mean([s.clicks[k] for s in held]):>8.3f}" for k in (1, 2, 3))
+        f"{mean([s.point_best for s in held]):>8.3f}{mean([s.box for s in held]):>8.3f}"
+        + "".join(f"{mean([s.clicks[k] for s in held]):>8.3f}" for k in (1, 2, 3))
     )
     print(f"\n({time.time() - start:.0f} s)")
     return 0

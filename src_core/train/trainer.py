@@ -287,17 +287,13 @@ class Trainer:
         rounds = int(rng.integers(0, config.correction_rounds + 1))
         for index in range(rounds):
             multimask = coords is not None and coords.shape[1] == 1 and boxes is None
-            if index == 0 and config.supervise_first_round:
-                with autocast:
-                    low_res, iou = self._decode(embedding, coords, labels, boxes, None, multimask)
-                up = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+            supervised = index == 0 and config.supervise_first_round
+            with torch.set_grad_enabled(supervised), autocast:
+                low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
+            up = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+            if supervised:
                 first_loss, _ = focal_dice_iou_loss(up, truth, iou.float())
-                low_res, up = low_res.detach().float(), up.detach()
-            else:
-                with torch.no_grad(), autocast:
-                    low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
-                low_res = low_res.float()
-                up = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+            low_res, up = low_res.detach().float(), up.detach()
             # carry on from the candidate closest to the truth
             actual = mask_iou(up, truth[:, None].expand_as(up))
             best = actual.argmax(1)
