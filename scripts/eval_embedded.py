@@ -4,7 +4,9 @@
     .venv/bin/python scripts/eval_embedded.py --checkpoint X.pth   # any SAM checkpoint
 
 Held-out scenes come from scene seeds the training never uses (777 and 778;
-training draws scenes from seed 1125, or another given with --scene-seed). Real
+training draws scenes from seed 1125, or another given with --scene-seed): each
+kind at 256 px, the kinds mixed at 384 px, and close-ups (objects 2-4x larger,
+filling the frame or cut by it; training sees them only with --closeups). Real
 images are scikit-image's bundled ones, with a classical segmentation as the
 reference:
 
@@ -120,13 +122,17 @@ def main() -> int:
     stream = SceneStream(HELD_OUT_SEED + 1, size=384)
     mixed = [stream[i] for i in range(args.images)]
     rows.append(("held-out mixed, 384 px", evaluate_prompts(predictor, mixed, max_objects=8)))
+    closeups = SceneStream(HELD_OUT_SEED, size=256, closeups=1.0)
+    close = [closeups[i] for i in range(args.images)]
+    rows.append(("held-out close-ups", evaluate_prompts(predictor, close, max_objects=8)))
     for name, make in (("coins (skimage)", coins_reference), ("horse (skimage)", horse_reference),
                        ("immunohistochemistry", ihc_reference), ("README sample, nuclei 2D", readme_sample)):
         rows.append((name, evaluate_prompts(predictor, [make()], max_objects=40)))
     for name, s in rows:
         print(f"{name:<28}{s.objects:>8}{s.point:>8.3f}{s.point_best:>8.3f}{s.box:>8.3f}"
               + "".join(f"{c:>8.3f}" for c in s.clicks[1:]))
-    held = [s for name, s in rows if name.startswith("held-out") and "mixed" not in name]
+    # the targets: the four kinds at 256 px (mixed and close-ups are shown apart)
+    held = [s for name, s in rows if name.startswith("held-out") and name.split()[1] in SCENE_KINDS]
     weights = np.array([s.objects for s in held], float)
     mean = lambda values: float(np.average(values, weights=weights))  # noqa: E731
     print("-" * len(header))

@@ -85,6 +85,9 @@ def main() -> int:
     parser.add_argument("--scene-seed", type=int, default=SCENE_SEED,
                         help="seed of the procedural scenes (a new one gives scenes earlier runs never saw; "
                         "scripts/eval_embedded.py holds out 777 and 778)")
+    parser.add_argument("--closeups", type=float, default=0.0,
+                        help="share of scenes that are close-ups (objects 2-4x larger, filling the "
+                        "frame or cut by its edge); 0 keeps the scene stream of runs 1-4")
     parser.add_argument("--correction-rounds", type=int, default=CONFIG.correction_rounds,
                         help="most corrective-click rounds simulated per sample (0 to this, at random)")
     parser.add_argument("--last-round-only", action="store_true",
@@ -94,6 +97,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.scene_seed in (777, 778):
         parser.error("scene seeds 777 and 778 are the held-out evaluation scenes")
+    if not 0.0 <= args.closeups <= 1.0:
+        parser.error("--closeups is a share of the scenes, 0 to 1")
     if args.correction_rounds < 0:
         parser.error("--correction-rounds must be 0 or more")
     torch.set_num_threads(args.threads)
@@ -116,10 +121,10 @@ def main() -> int:
         model.load_state_dict({k: v.float() for k, v in load_state_dict(SHIPPED).items()}, strict=True)
     if args.bank:
         start = time.time()
-        source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads)
+        source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads, closeups=args.closeups)
         print(f"made {args.bank} scenes in {time.time() - start:.0f} s", flush=True)
     else:
-        source = SceneStream(args.scene_seed, size=256)
+        source = SceneStream(args.scene_seed, size=256, closeups=args.closeups)
     from src_core.device import resolve_device
 
     model.to(resolve_device(None if args.device == "auto" else args.device))

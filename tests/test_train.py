@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy import ndimage as ndi
 
 from src_core.model.build import MODEL_CONFIGS, SamConfig, build_sam, build_sam_from_config
 from src_core.train import trainer as trainer_module
@@ -66,6 +67,50 @@ def test_scenes_cover_output_types_and_reject_bad_arguments():
         make_scene(np.random.default_rng(0), 64, kind="galaxies")
     with pytest.raises(ValueError, match="size"):
         make_scene(np.random.default_rng(0), 16)
+
+
+def test_closeups_are_larger_views_of_the_same_kind_of_scene():
+    """A close-up keeps the scene kinds' look but its objects fill far more of the frame;
+    animals stay one connected body (no tail broken into dots); bad zooms are refused."""
+    largest = {1.0: [], 3.0: []}
+    for seed in range(12):
+        for zoom in largest:
+            _, labels = make_scene(np.random.default_rng(seed), 96, kind="nuclei", zoom=zoom)
+            largest[zoom].append(np.bincount(labels.ravel())[1:].max() / labels.size)
+    assert np.median(largest[3.0]) > 4 * np.median(largest[1.0])
+    for seed in range(6):
+        image, labels = make_scene(np.random.default_rng(seed), (96, 128), kind="animals", zoom=4.0)
+        assert image.shape[:2] == labels.shape == (96, 128)
+        ids = np.unique(labels)
+        np.testing.assert_array_equal(ids, np.arange(len(ids)))
+        for i in ids[1:]:
+            # a body cut by the frame's edge may leave in pieces; what is left of it is
+            # still a body, not a dotted line: pieces are few and none is a lone disc
+            pieces, n = ndi.label(labels == i)
+            assert n <= 3 and np.bincount(pieces.ravel())[1:].min() >= 12
+    a = make_scene(np.random.default_rng(4), 64, zoom=2.5)
+    b = make_scene(np.random.default_rng(4), 64, zoom=2.5)
+    np.testing.assert_array_equal(a[1], b[1])
+    for zoom in (0.5, 9.0):
+        with pytest.raises(ValueError, match="zoom"):
+            make_scene(np.random.default_rng(0), 64, zoom=zoom)
+
+
+def test_scene_stream_closeups_share_and_default():
+    # the default stream is the plain one (earlier runs' scenes are unchanged)
+    plain = SceneStream(9, size=64)
+    for i in range(3):
+        np.testing.assert_array_equal(plain[i][1], make_scene(np.random.default_rng([9, i]), 64)[1])
+    all_close, none_close = SceneStream(9, size=64, closeups=1.0), SceneStream(9, size=64, closeups=0.0)
+    frac = lambda labels: np.bincount(labels.ravel())[1:].max() / labels.size  # noqa: E731
+    assert np.median([frac(all_close[i][1]) for i in range(10)]) > 2 * np.median(
+        [frac(none_close[i][1]) for i in range(10)])
+    bank = SceneBank(9, 2, size=64, closeups=1.0)
+    np.testing.assert_array_equal(bank[8][1], all_close[1][1])
+    with pytest.raises(ValueError, match="share"):
+        SceneStream(0, closeups=1.5)
+    with pytest.raises(ValueError, match="zoom"):
+        SceneStream(0, closeups=0.5, zoom=(3.0, 2.0))
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -373,7 +418,8 @@ def test_evaluate_prompts_with_a_perfect_predictor():
 
 def test_embedded_training_script_refuses_the_held_out_scenes():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
-    for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more")):
+    for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more"),
+                           (["--closeups", "1.5"], "share")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 

@@ -17,6 +17,11 @@
     Elongated, tapered bodies along smooth random curves (worms, larvae, mice
     seen from above) on a plain or textured arena, dark on light or light on dark.
 
+``zoom`` > 1 gives a close-up: the scene is painted ``zoom`` times larger and a
+window of the requested size around one object is kept, so objects fill much of the
+frame or run past its edges (a large animal, a cell imaged at high magnification),
+with edges as sharp as in any other scene.
+
 Every image then goes through an acquisition model: uneven illumination, blur,
 shot and read noise, and one of three outputs: grayscale, colour (objects and
 background tinted differently, or stained-tissue-like) or 16-bit with a random
@@ -28,6 +33,8 @@ Pure numpy/scipy/scikit-image; deterministic for a given generator state.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -43,6 +50,7 @@ def make_scene(
     size: int | tuple[int, int] = 256,
     kind: str | None = None,
     min_area: int = 12,
+    zoom: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random scene.
 
@@ -56,6 +64,9 @@ def make_scene(
         One of :data:`SCENE_KINDS`; random when None.
     min_area : int
         Objects whose visible part is smaller are removed from the labels.
+    zoom : float
+        1 for a whole scene; larger for a close-up (see the module docstring), at
+        most 8.
 
     Returns
     -------
@@ -70,8 +81,18 @@ def make_scene(
     kind = kind if kind is not None else SCENE_KINDS[rng.integers(len(SCENE_KINDS))]
     if kind not in SCENE_KINDS:
         raise ValueError(f"unknown scene kind {kind!r}: expected one of {SCENE_KINDS}")
+    if not 1.0 <= zoom <= 8.0:
+        raise ValueError(f"zoom must be between 1 (a whole scene) and 8, got {zoom!r}")
     painter = {"nuclei": _nuclei, "cells": _cells, "blobs": _blobs, "animals": _animals}[kind]
-    signal, labels = painter(rng, shape)
+    if zoom > 1.0:
+        if kind == "animals":
+            # bodies drawn as a chain of discs: close up, the thin tail's discs would
+            # come apart into dots, so they are drawn at sub-disc spacing
+            painter = partial(_animals, dense=True)
+        signal, labels = painter(rng, tuple(int(round(n * zoom)) for n in shape))
+        signal, labels = _window_on_object(rng, signal, labels, shape)
+    else:
+        signal, labels = painter(rng, shape)
     labels = _drop_small(labels, min_area)
     return _acquire(rng, signal, labels), labels
 
@@ -187,7 +208,7 @@ def _blobs(rng, shape):
     return np.clip(signal, 0, None).astype(np.float32), labels
 
 
-def _animals(rng, shape):
+def _animals(rng, shape, dense: bool = False):
     h, w = shape
     scale = min(h, w) / 256
     textured = rng.random() < 0.5
@@ -197,7 +218,7 @@ def _animals(rng, shape):
     labels = np.zeros(shape, np.int32)
     n = int(rng.integers(1, 6))
     for i in range(1, n + 1):
-        body = _body_mask(rng, shape, scale)
+        body = _body_mask(rng, shape, scale, dense)
         if not body.any():
             continue
         contrast = rng.uniform(0.2, 0.5) * (-1 if dark_on_light else 1)
@@ -207,8 +228,9 @@ def _animals(rng, shape):
     return np.clip(signal, 0, None).astype(np.float32), labels
 
 
-def _body_mask(rng, shape, scale) -> np.ndarray:
-    """A tapered body along a smooth random curve."""
+def _body_mask(rng, shape, scale, dense: bool = False) -> np.ndarray:
+    """A tapered body along a smooth random curve (``dense``: its discs at most half
+    the thinnest radius apart, however large the body)."""
     h, w = shape
     length = rng.uniform(40, 140) * scale
     width = rng.uniform(5, 18) * scale
@@ -222,11 +244,36 @@ def _body_mask(rng, shape, scale) -> np.ndarray:
     t = np.linspace(0, 1, steps + 1)
     # widest a third of the way along, tapering to a thin tail
     profile = width * np.clip(np.sin(np.pi * np.clip(t * 1.2, 0, 1)) ** 0.6, 0.15, None)
+    if dense:
+        n = int(np.ceil(step / max(profile.min() / 4, 0.5))) * steps + 1
+        fine = np.linspace(0, 1, n)
+        y, x, profile = np.interp(fine, t, y), np.interp(fine, t, x), np.interp(fine, t, profile)
     mask = np.zeros(shape, bool)
     for yi, xi, ri in zip(y, x, profile):
         rr, cc = draw.disk((yi, xi), max(ri / 2, 1.0), shape=shape)
         mask[rr, cc] = True
     return mask
+
+
+def _window_on_object(rng, signal: np.ndarray, labels: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """A ``shape`` window of a larger painted scene, around a random object's centre
+    (shifted by up to a quarter of the window), kept inside the scene."""
+    h, w = shape
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if len(ids) == 0:
+        cy, cx = labels.shape[0] / 2, labels.shape[1] / 2
+    else:
+        ys, xs = np.nonzero(labels == ids[rng.integers(len(ids))])
+        cy, cx = ys.mean(), xs.mean()
+    cy += rng.uniform(-0.25, 0.25) * h
+    cx += rng.uniform(-0.25, 0.25) * w
+    y0 = int(np.clip(round(cy - h / 2), 0, labels.shape[0] - h))
+    x0 = int(np.clip(round(cx - w / 2), 0, labels.shape[1] - w))
+    return (
+        np.ascontiguousarray(signal[y0 : y0 + h, x0 : x0 + w]),
+        np.ascontiguousarray(labels[y0 : y0 + h, x0 : x0 + w]),
+    )
 
 
 # --------------------------------------------------------------------------
