@@ -39,8 +39,20 @@ from src_core.automatic.generator import GenerationCancelled
 from . import _layers as L
 from . import _tiled as T
 from . import _track_layers as TL
-from ._everything_panel import make_generator, paint_labels
+from ._everything_panel import UNDO_LIMIT, make_generator, paint_labels
 from ._job_row import job_row
+
+
+def make_tiled_predictor(predictor, plan: tuple[int, int]):
+    """A tiled predictor of its own on the predictor's model, for refining the matches of
+    a large plane (the widget's predictor and its embeddings are left as they are)."""
+    model = getattr(predictor, "model", None)
+    if model is None:
+        raise ValueError("text prompts need a SAM model to refine the matches (load one)")
+    from src_core.predictor import SamPredictor
+    from src_core.tiling import TiledPredictor
+
+    return TiledPredictor(SamPredictor(model), *plan)
 
 
 def load_scorer(predictor, report=None):
@@ -65,6 +77,7 @@ class TextPanel(QWidget):
         self.host = host
         self.scorer_factory = load_scorer
         self.generator_factory = make_generator
+        self.tiled_factory = make_tiled_predictor
         self.scorer = None  # kept once loaded
         self.matches: list | None = None  # shown in the preview, not committed yet
         self.match_plane: tuple | None = None
@@ -138,19 +151,18 @@ class TextPanel(QWidget):
             if not host.idle:
                 show_warning("SAM text: preparing the image; press Find again when it is ready.")
                 return
-        if T.plan_for(image, host.predictor) is not None:
-            show_error(
-                f"SAM text: the planes of '{image.name}' are large (segmented tile by tile); text "
-                "prompts work on planes the model sees whole. Crop or downscale the image."
-            )
-            return
+        plan = T.plan_for(image, host.predictor)
         try:
             self._generator = self.generator_factory(host.predictor, host.everything.settings())
+            tiled = self.tiled_factory(host.predictor, plan) if plan is not None else None
         except (ValueError, RuntimeError, ImportError) as err:
             show_error(f"SAM text: {err}")
             return
         key = host._embedding_key()
-        plane, set_image = key[1], key != host._embedded
+        # a large plane is read tile by tile, by a tiled predictor of its own: the
+        # widget's predictor keeps its embedding
+        plane, set_image = key[1], plan is None and key != host._embedded
+        source = T.lazy_plane([image, *host.channel_layers()], plane) if plan is not None else None
         predictor, generator, factory = host.predictor, self._generator, self.scorer_factory
         read, normalization = host._plane_reader(image), host._normalization(image)
         negatives, top_k = self.negatives(), self.top_k_box.value() or None
@@ -159,11 +171,16 @@ class TextPanel(QWidget):
 
         def work():
             from src_core.model.image_encoder import EncodingCancelled
-            from src_core.text import TextExtraMissing, TextPromptError, segment_text
+            from src_core.text import TextExtraMissing, TextPromptError, segment_text, segment_text_tiled
 
             try:
                 if self.scorer is None:
                     self.scorer = factory(predictor, report)
+                if tiled is not None:
+                    return "ok", segment_text_tiled(
+                        tiled, source, text, scorer=self.scorer, generator=generator, negatives=negatives,
+                        threshold=threshold, top_k=top_k, progress=report, should_stop=stop, **normalization,
+                    )
                 return "ok", segment_text(
                     predictor, read(plane), text, scorer=self.scorer, negatives=negatives,
                     threshold=threshold, top_k=top_k, generator=generator, set_image=set_image,
@@ -181,6 +198,7 @@ class TextPanel(QWidget):
         if set_image:
             host._embedded = None  # the predictor will hold the shown plane again
         where = f" in plane {plane}" if plane else ""
+        where += ", tile by tile" if plan is not None else ""
         host._set_status(f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
         self.progress_bar.setRange(0, 0)
         self.find_button.setEnabled(False)
@@ -222,16 +240,14 @@ class TextPanel(QWidget):
         if preview is None:
             show_warning(f"'{L.PREVIEW}' was removed while searching: the result is dropped.")
             return
-        from src_core.text import matches_to_labels
-
         if host.segmenter is not None:
             host.segmenter.reset()  # the preview now shows the text's matches
         L.show_preview(preview, None, plane, host._preview_plane)
         view = preview.data[plane] if plane else preview.data
-        labels = matches_to_labels(value, view.shape)
-        view[labels > 0] = labels[labels > 0]
+        for k in range(len(value) - 1, -1, -1):  # label 1 = the best match, on top
+            value[k].paste(view, k + 1)
         preview.refresh()
-        host._preview_plane = plane
+        host._preview_plane, host._preview_region = plane, None
         self.matches, self.match_plane = value, plane
         scores = f"scores {value[0].score:.2f}" + (f" to {value[-1].score:.2f}" if len(value) > 1 else "")
         host._set_status(
@@ -262,13 +278,17 @@ class TextPanel(QWidget):
         if not self.matches or L.LABELS not in host.layers:
             self.discard()
             return
-        from src_core.text import matches_to_labels
+        from src_core.text import TiledTextMatch, matches_to_labels, visible_parts
 
         labels_layer, plane = host.layers[L.LABELS], self.match_plane
-        shape = tuple(labels_layer.data.shape[-2:])
-        labels = matches_to_labels(self.matches, shape)
+        overwrite = host.paint_over.isChecked()
         try:
-            first, last, _ = paint_labels(labels_layer, labels, plane, overwrite=host.paint_over.isChecked())
+            if isinstance(self.matches[0], TiledTextMatch):  # a large plane: painted crop by crop
+                first, last, _ = T.paint_crops(labels_layer, visible_parts(self.matches), plane,
+                                               overwrite=overwrite, undo_limit=UNDO_LIMIT)
+            else:
+                labels = matches_to_labels(self.matches, tuple(labels_layer.data.shape[-2:]))
+                first, last, _ = paint_labels(labels_layer, labels, plane, overwrite=overwrite)
         except ValueError as err:
             show_error(f"SAM text: {err}")
             return

@@ -112,9 +112,18 @@ def paint_records(
     """
     from src_core.tiling import record_crop
 
+    crops = sorted((record_crop(r) for r in records), key=lambda c: -int(np.count_nonzero(c[0])))
+    return paint_crops(labels_layer, crops, prefix, overwrite=overwrite, undo_limit=undo_limit)
+
+
+def paint_crops(
+    labels_layer, crops: Sequence[tuple[np.ndarray, tuple[int, int]]], prefix: tuple, *, overwrite: bool = False,
+    undo_limit: int,
+) -> tuple[int, int, bool]:
+    """Write (crop, (row, column) offset) masks into ``labels_layer`` with new ids, in
+    their order (a later one wins where two overlap); like :func:`paint_records`."""
     data = labels_layer.data
     view = _view(data, prefix)
-    crops = sorted((record_crop(r) for r in records), key=lambda c: -int(np.count_nonzero(c[0])))
     start = int(np.asarray(data).max()) + 1
     pieces, next_id = [], start
     for crop, (y0, x0) in crops:

@@ -96,10 +96,14 @@ def make_scorer(args: argparse.Namespace) -> Any:
         bar.close()
 
 
-def find_objects(predictor: Any, image: Any, args: argparse.Namespace, normalization: dict | None = None) -> list:
-    """The objects ``args.text`` names in ``image`` (best first), as TextMatch records."""
+def find_objects(
+    predictor: Any, image: Any, args: argparse.Namespace, normalization: dict | None = None,
+    plan: tuple[int, int] | None = None,
+) -> list:
+    """The objects ``args.text`` names in ``image`` (best first), as TextMatch records;
+    with a tiling ``plan`` (tile size, overlap), tile by tile, as TiledTextMatch records."""
     from .automatic import SamAutomaticMaskGenerator
-    from .text import TextPromptError, segment_text
+    from .text import TextPromptError, segment_text, segment_text_tiled
 
     _status("loading CLIP ...")
     try:
@@ -111,9 +115,18 @@ def find_objects(predictor: Any, image: Any, args: argparse.Namespace, normaliza
     generator = SamAutomaticMaskGenerator(
         predictor.model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
+        output_mode="binary_mask" if plan is None else "uncompressed_rle",
     )
     _status(f"looking for {args.text!r}: segment everything, then CLIP ...")
     try:
+        if plan is not None:
+            from .tiling import TiledPredictor
+
+            return segment_text_tiled(
+                TiledPredictor(predictor, *plan), image, args.text, scorer=scorer, generator=generator,
+                negatives=args.negative_text, threshold=args.threshold, top_k=args.top_k,
+                background=args.background, **(normalization or {}),
+            )
         return segment_text(
             predictor, image, args.text, scorer=scorer, negatives=args.negative_text,
             threshold=args.threshold, top_k=args.top_k, generator=generator,
@@ -144,23 +157,28 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     height, width = large or _image_size(image, args.channel_axis, channels)
     sam = _build_model(args)
-    if tiling_plan((height, width), sam.image_encoder.img_size) is not None:
-        raise UsageError(
-            f"{image_path} is {width}x{height} px, large for the model (it would be segmented tile by "
-            "tile): text prompts work on images the model sees whole. Crop or downscale it."
-        )
+    plan = tiling_plan((height, width), sam.image_encoder.img_size)
     import numpy as np
 
     from .predictor import SamPredictor
     from .text import matches_to_labels
 
     normalization = {"channel_axis": args.channel_axis, "channels": channels}
-    matches = find_objects(SamPredictor(sam), np.asarray(image), args, normalization)
-    labels = matches_to_labels(matches, (height, width))
-    _write_labels(output, labels)
+    if plan is not None:
+        from .cli_tiled import write_large_labels
+
+        _status(f"{width}x{height} px: looking tile by tile ({plan[0]}-px tiles, overlap {plan[1]} px)")
+        matches = find_objects(SamPredictor(sam), image, args, normalization, plan=plan)
+        # label 1 is the best match and wins where matches overlap: painted last
+        areas = write_large_labels(output, (height, width), matches, range(len(matches) - 1, -1, -1))
+    else:
+        matches = find_objects(SamPredictor(sam), np.asarray(image), args, normalization)
+        labels = matches_to_labels(matches, (height, width))
+        _write_labels(output, labels)
+        areas = [int((labels == k + 1).sum()) for k in range(len(matches))]
     for k, m in enumerate(matches):
-        area = int((labels == k + 1).sum())
-        raw = int(m.mask.sum())
+        area = areas[k]
+        raw = int(np.count_nonzero(m.mask))
         overlap = f" ({raw} before overlaps)" if raw != area else ""
         print(f"label {k + 1}: area {area} px{overlap}, text score {m.score:.3f} (similarity "
               f"{m.similarity:.3f}), predicted IoU {m.predicted_iou:.3f}")

@@ -21,7 +21,9 @@ import numpy as np
 
 from .tiling import TiledImage, TiledPredictor, tiling_plan
 
-__all__ = ["LARGE_PIXELS", "large_plane_shape", "label_memmap", "segment_large", "write_tiled_tiff"]
+__all__ = [
+    "LARGE_PIXELS", "large_plane_shape", "label_memmap", "segment_large", "write_large_labels", "write_tiled_tiff",
+]
 
 # planes above this are validated lazily (never converted whole); below it the
 # whole-image checks (a float copy of at most ~200 MB) stay as they were
@@ -100,20 +102,30 @@ def segment_large(
     else:
         for b in boxes:
             results.append(tiled.predict(box=np.array([b.x0, b.y0, b.x1, b.y1]), multimask_output=multimask))
-    out, tmp = label_memmap(output.parent, (height, width), np.uint16)
+    order = sorted(range(len(results)), key=lambda k: results[k].score)  # the best scored last
+    areas = write_large_labels(output, (height, width), results, order)
+    return [(areas[k], r.area, r.score) for k, r in enumerate(results)]
+
+
+def write_large_labels(output: Path, shape: tuple[int, int], masks: Sequence[Any], order: Sequence[int]) -> list[int]:
+    """Paint ``masks[k]`` (crops with ``paste`` and ``box``) as label ``k + 1``, in
+    ``order`` (later ones win where they overlap), into a memory-mapped image next to
+    ``output``, and write it there as a tiled TIFF. Returns each label's visible area."""
+    dtype = np.uint16 if len(masks) <= np.iinfo(np.uint16).max else np.uint32
+    out, tmp = label_memmap(output.parent, shape, dtype)
     try:
-        for k in sorted(range(len(results)), key=lambda k: results[k].score):  # the best scored last
-            results[k].paste(out, k + 1)
+        for k in order:
+            masks[k].paste(out, k + 1)
         out.flush()
         areas = []
-        for k, result in enumerate(results):
-            x0, y0, x1, y1 = result.box
+        for k, mask in enumerate(masks):
+            x0, y0, x1, y1 = (int(v) for v in mask.box)
             areas.append(int(np.count_nonzero(out[y0:y1, x0:x1] == k + 1)))
         write_tiled_tiff(output, out)
     finally:
         del out
         tmp.unlink(missing_ok=True)
-    return [(areas[k], r.area, r.score) for k, r in enumerate(results)]
+    return areas
 
 
 def label_large_image(generator: Any, image: Any, model_size: int | None, folder: Path) -> tuple[list[dict], Any, Path] | None:

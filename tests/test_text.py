@@ -333,6 +333,155 @@ def test_no_candidates(scorer):
 
 
 # --------------------------------------------------------------------------
+# Planes larger than the model sees whole: tile by tile
+# --------------------------------------------------------------------------
+
+
+def large_colour_image():
+    """A 300 x 330 plane: 20-px red and blue squares, some across tile sides (tiles of
+    64 px overlapping by 24), and a 90-px red square larger than a tile."""
+    image = np.full((300, 330, 3), 20, np.uint8)
+    squares = [("red", 10, 10), ("blue", 50, 30), ("red", 120, 35), ("red", 30, 150), ("blue", 200, 180),
+               ("red", 250, 260), ("blue", 280, 100)]
+    masks = []
+    for name, x, y in squares:
+        image[y : y + 20, x : x + 20] = RED if name == "red" else BLUE
+        masks.append((name, (x, y, x + 20, y + 20)))
+    image[190:280, 20:110] = RED
+    masks.append(("red", (20, 190, 110, 280)))
+    return image, masks
+
+
+class TileComponents:
+    """Segment everything on a tile: one record per bright connected component."""
+
+    def __init__(self, tiles=None):
+        self.tiles = tiles if tiles is not None else []  # the shapes it was given
+
+    def cancel(self):
+        pass
+
+    def generate(self, rgb):
+        self.tiles.append(rgb.shape[:2])
+        from scipy import ndimage as ndi
+
+        gray = rgb.astype(float).mean(axis=-1)
+        components, count = ndi.label(gray > 40)
+        return [{"segmentation": components == k, "predicted_iou": 0.9} for k in range(1, count + 1)]
+
+
+def test_clip_crops_read_around_a_candidate_are_the_whole_image_crops():
+    from src_core.text import read_clip_crop
+    from src_core.text import tiled as tiled_module
+    from src_core.tiling import TiledImage
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)
+    source = TiledImage(rgb)
+    boxes = [(0, 0, 10, 30), (60, 40, 100, 90), (140, 100, 150, 120), (30, 5, 40, 119)]  # x0, y0, x1, y1
+    for x0, y0, x1, y1 in boxes:
+        mask = np.zeros(rgb.shape[:2], bool)
+        mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.8
+        mask[y0, x0] = mask[y1 - 1, x1 - 1] = True  # the box is the rectangle
+        crop = mask[y0:y1, x0:x1]
+        for background in ("blur", "blank", "none"):
+            whole, _ = extract_crop(rgb, mask, 32, background=background, context=0.2)
+            read = read_clip_crop(source, crop, (y0, x0), 32, background=background, context=0.2)
+            np.testing.assert_array_equal(read, whole)
+    # past MAX_CROP_READ the square is read from every k-th pixel: nearly the same crop
+    tiled_module.MAX_CROP_READ, saved = 40, tiled_module.MAX_CROP_READ
+    try:
+        mask = np.zeros(rgb.shape[:2], bool)
+        mask[20:100, 30:120] = True
+        coarse = read_clip_crop(source, mask[20:100, 30:120], (20, 30), 32, background="none")
+    finally:
+        tiled_module.MAX_CROP_READ = saved
+    assert coarse.shape == (32, 32, 3)
+    from scipy import ndimage as ndi
+
+    field = ndi.gaussian_filter(rgb.astype(float), (8, 8, 0))
+    field = (field - field.min()) / np.ptp(field) * 255
+    smooth = TiledImage(field.astype(np.uint8))
+    exact = read_clip_crop(smooth, mask[20:100, 30:120], (20, 30), 32, background="none")
+    tiled_module.MAX_CROP_READ = 40
+    try:
+        coarse = read_clip_crop(smooth, mask[20:100, 30:120], (20, 30), 32, background="none")
+    finally:
+        tiled_module.MAX_CROP_READ = saved
+    assert np.abs(coarse.astype(int) - exact.astype(int)).mean() < 12
+
+
+def test_segment_text_tiled_finds_what_the_whole_image_search_finds(scorer):
+    """Tile by tile, the same objects and scores as on the whole plane: squares cut by
+    tile sides come out whole, the one larger than a tile too."""
+    from src_core.automatic.generator import GenerationCancelled
+    from src_core.text import segment_text_tiled
+    from src_core.tiling import TiledPredictor
+
+    image, objects = large_colour_image()
+    whole_candidates = [c["segmentation"] for c in TileComponents().generate(image)]
+    whole = segment_text(predictor_for(image), image, "red", scorer=scorer, candidates=whole_candidates,
+                         set_image=False, threshold=0.6)
+    seen = []
+    tiled = TiledPredictor(StandInPredictor(), tile_size=64, overlap=24)
+    found = segment_text_tiled(tiled, image, "red", scorer=scorer, generator=TileComponents(), threshold=0.6,
+                               progress=lambda done, total: seen.append((done, total)))
+    reds = sorted(box for name, box in objects if name == "red")
+    assert sorted(tuple(int(v) for v in m.box) for m in found) == reds
+    assert sorted(tuple(int(v) for v in m.box) for m in whole) == reds
+    by_box = {tuple(int(v) for v in m.box): m for m in whole}
+    for m in found:
+        reference = by_box[tuple(int(v) for v in m.box)]
+        assert m.score == pytest.approx(reference.score, abs=1e-6)
+        y0, x0 = m.offset
+        np.testing.assert_array_equal(m.mask, reference.mask[y0 : y0 + m.mask.shape[0], x0 : x0 + m.mask.shape[1]])
+    assert [m.score for m in found] == sorted((m.score for m in found), reverse=True)
+    assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] == len(tiled.grid) + 2
+    labels = np.zeros(image.shape[:2], np.uint16)
+    for k in range(len(found) - 1, -1, -1):
+        found[k].paste(labels, k + 1)
+    assert set(np.unique(labels)) == set(range(len(found) + 1)) and labels[200, 50] > 0 and labels[40, 60] == 0
+    # the other colour, top-k, and the errors of the whole-image search
+    blue = segment_text_tiled(tiled, image, "blue", scorer=scorer, generator=TileComponents(), threshold=0.6, top_k=2)
+    assert len(blue) == 2 and all(image[int(m.box[1]) + 5, int(m.box[0]) + 5].tolist() == list(BLUE) for m in blue)
+    with pytest.raises(NoMatch, match="none of the 8 candidates"):
+        segment_text_tiled(tiled, image, "green", scorer=scorer, generator=TileComponents(), threshold=0.9)
+    with pytest.raises(NoCandidates, match="tile by tile"):
+        segment_text_tiled(tiled, np.full_like(image, 20), "red", scorer=scorer, generator=TileComponents())
+    with pytest.raises(TextPromptError, match="empty"):
+        segment_text_tiled(tiled, image, "  ", scorer=scorer, generator=TileComponents())
+    with pytest.raises(GenerationCancelled):
+        segment_text_tiled(tiled, image, "red", scorer=scorer, generator=TileComponents(), should_stop=lambda: True)
+
+
+def test_cli_segment_text_on_a_large_plane(capsys, tiny_sam, stand_in_clip, tmp_path, monkeypatch):
+    """A plane past the tiling threshold (4x the 256-px input of vit_tiny): found tile by
+    tile, written as a tiled TIFF; the same as the whole-image output's form."""
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    image = np.full((200, 1100, 3), 20, np.uint8)
+    for x in (40, 300, 620, 1000):
+        image[60:110, x : x + 50] = RED
+    image[120:170, 500:550] = BLUE
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, image)
+    out = tmp_path / "labels.tif"
+    code = main(["segment", str(path), "--checkpoint", str(tiny_sam), "-o", str(out), *LOOSE,
+                 "--text", "red", "--threshold", "0", "--top-k", "3"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "tile by tile" in err and "matching 'red'" in err
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].is_tiled
+        labels = tif.asarray()
+    lines = stdout.strip().splitlines()
+    assert labels.dtype == np.uint16 and labels.shape == (200, 1100) and 1 <= len(lines) <= 3
+    areas = [int(line.split("area ")[1].split()[0]) for line in lines]
+    assert areas == [int((labels == k + 1).sum()) for k in range(len(lines))]
+    scores = [float(line.split("text score ")[1].split()[0]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+
+
+# --------------------------------------------------------------------------
 # The optional extra, open_clip without torchvision
 # --------------------------------------------------------------------------
 
@@ -698,6 +847,55 @@ def test_panel_finds_previews_commits_and_tracks(text_widget, qtbot):
     assert w.text.matches is None and preview.data.max() == 0
     w.commit()
     assert labels.data[1].max() == 4
+
+
+@pytest.mark.gui
+def test_panel_on_a_large_plane_goes_tile_by_tile(make_napari_viewer, qtbot, tokenizer):
+    """A plane past the tiling threshold: found tile by tile (nothing plane-sized is
+    embedded), previewed, committed crop by crop as one undo step."""
+    from types import SimpleNamespace
+
+    from napari_sam import _layers as L
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.tiling import TiledPredictor
+
+    class Sized(StandInPredictor):  # declares vit_tiny's 256-px input; records what it embeds
+        model = SimpleNamespace(image_encoder=SimpleNamespace(img_size=256))
+        shapes: list = []
+
+        def set_image(self, image, **kwargs):
+            self.shapes.append(np.shape(image)[:2])
+            super().set_image(image, **kwargs)
+
+    image = np.full((1100, 1100, 3), 20, np.uint8)
+    reds = [(100, 100), (240, 600), (700, 230), (900, 980)]  # (row, col) of 40-px squares
+    for r, c in reds:
+        image[r : r + 40, c : c + 40] = RED
+    image[500:540, 500:540] = BLUE
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="big", rgb=True)
+    w = SegmentAnythingWidget(viewer)
+    w.use_cache.setChecked(False)
+    w.set_predictor(Sized(), "stand-in")
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    tiles = []
+    w.text.generator_factory = lambda predictor, settings: TileComponents(tiles)
+    w.text.scorer_factory = lambda predictor, report: ClipScorer(ColourClip(tokenizer))
+    w.text.tiled_factory = lambda predictor, plan: TiledPredictor(Sized(), *plan)
+    Sized.shapes.clear()
+    labels, preview = w.layers[L.LABELS], w.layers[L.PREVIEW]
+    labels.data[0:3, 0:3] = 7
+    find(qtbot, w, "red", threshold=0.6)
+    assert len(tiles) == 36 and max(max(t) for t in tiles) == 256  # 6 x 6 tiles, none larger
+    assert Sized.shapes and max(max(s) for s in Sized.shapes) <= 256  # refined in tiles too
+    assert len(w.text.matches) == 4 and "4 objects match 'red'" in w.status.text()
+    assert sorted(preview.data[r + 20, c + 20] for r, c in reds) == [1, 2, 3, 4]
+    assert preview.data[520, 520] == 0 and (preview.data > 0).sum() == 4 * 1600
+    w.commit()
+    assert sorted(labels.data[r + 20, c + 20] for r, c in reds) == [8, 9, 10, 11]
+    assert (labels.data > 7).sum() == 4 * 1600 and preview.data.max() == 0
+    labels.undo()
+    assert labels.data.max() == 7 and labels.data[1, 1] == 7
 
 
 @pytest.mark.gui

@@ -88,6 +88,11 @@ class TextMatch:
     predicted_iou: float
     candidate: int
 
+    def paste(self, out: Any, value: int | bool = True) -> Any:
+        """Set ``out[mask] = value`` (``out`` the image's shape); returns it."""
+        out[self.mask] = value
+        return out
+
 
 def negative_texts(text: str, negatives: Sequence[str] | None = None) -> list[str]:
     """The caller's negatives then :data:`DEFAULT_NEGATIVES`, without duplicates or ``text``."""
@@ -121,6 +126,39 @@ def select_matches(
     if top_k is not None:
         order = order[: int(top_k)]
     return order
+
+
+def check_query(
+    scorer: Any, text: str, negatives: Sequence[str] | None, threshold: float | None, top_k: int | None
+) -> tuple[str, list[str]]:
+    """The cleaned text and its negatives; bad text or settings are refused before any
+    image work (:class:`~.clip.TextPromptError`)."""
+    text = check_text(text)
+    negs = negative_texts(text, negatives)
+    scorer.encode_text([text, *negs], ["text"] + ["negative text"] * len(negs))
+    select_matches(np.zeros(0), threshold=threshold, top_k=top_k)
+    return text, negs
+
+
+def no_candidates(source: str, text: str) -> NoCandidates:
+    return NoCandidates(
+        f"{source} found no object to compare with {text!r}: nothing to choose from. Lower the "
+        "segment everything thresholds (predicted IoU, stability) or use more points per side."
+    )
+
+
+def choose_matches(scores: Any, text: str, threshold: float | None, top_k: int | None) -> np.ndarray:
+    """:func:`select_matches` on CLIP's :class:`~.clip.Scores` (ties broken by similarity);
+    :class:`NoMatch` when none is kept."""
+    chosen = select_matches(scores.probability, threshold=threshold, top_k=top_k, tiebreak=scores.similarity)
+    if not len(chosen):
+        best = int(np.argmax(scores.probability))
+        raise NoMatch(
+            f"none of the {len(scores.probability)} candidates matches {text!r} well enough: the best "
+            f"scored {scores.probability[best]:.2f} (threshold {threshold:.2f}). Lower the threshold, or "
+            "keep the best ones whatever their score with top-k."
+        )
+    return chosen
 
 
 def _candidate_masks(records: Sequence[Any], shape: tuple[int, int]) -> tuple[list[np.ndarray], list[float]]:
@@ -225,10 +263,7 @@ def segment_text(
     from ..automatic.generator import GenerationCancelled
     from ..preprocess import to_rgb
 
-    text = check_text(text)
-    negs = negative_texts(text, negatives)
-    scorer.encode_text([text, *negs], ["text"] + ["negative text"] * len(negs))  # refuse bad text now
-    select_matches(np.zeros(0), threshold=threshold, top_k=top_k)  # and bad settings
+    text, negs = check_query(scorer, text, negatives, threshold, top_k)
     kwargs = dict(normalization or {})
     rgb = to_rgb(image, **kwargs)
     if rgb.dtype != np.uint8:  # scaled to 0-255 already: what SAM sees
@@ -284,23 +319,13 @@ def segment_text(
         masks, ious = _candidate_masks(records, shape)
         source = "segment everything"
     if not masks:
-        raise NoCandidates(
-            f"{source} found no object to compare with {text!r}: nothing to choose from. Lower the "
-            "segment everything thresholds (predicted IoU, stability) or use more points per side."
-        )
+        raise no_candidates(source, text)
     stop()
     crops, _ = extract_crops(rgb, masks, scorer.image_size, context=context, background=background)
     scores = scorer.score(crops, text, negs, should_stop=should_stop)
     if progress is not None:
         progress(steps["total"] - 1, steps["total"])
-    chosen = select_matches(scores.probability, threshold=threshold, top_k=top_k, tiebreak=scores.similarity)
-    if not len(chosen):
-        best = int(np.argmax(scores.probability))
-        raise NoMatch(
-            f"none of the {len(masks)} candidates matches {text!r} well enough: the best scored "
-            f"{scores.probability[best]:.2f} (threshold {threshold:.2f}). Lower the threshold, or keep "
-            "the best ones whatever their score with top-k."
-        )
+    chosen = choose_matches(scores, text, threshold, top_k)
     stop()
     if refine and not embedded:
         predictor.set_image(image, **kwargs)
