@@ -210,7 +210,8 @@ class TrackPanel(QWidget):
         self.settings_panel.reset()
 
     def settings(self) -> dict:
-        """The engine's keyword arguments set in "Settings": ``recipe``, ``qc`` (and ``search_frames`` in time)."""
+        """The engine's keyword arguments set in "Settings": ``recipe``, ``qc`` (and
+        ``search_frames`` and ``divisions`` in time)."""
         return self.settings_panel.values()
 
     def _on_axis_changed(self, index: int) -> None:

@@ -1,4 +1,5 @@
-"""The folded "Settings" of the Track panel: the engine's prompt recipe and its accept/reject thresholds.
+"""The folded "Settings" of the Track panel: the engine's prompt recipe, its accept/reject
+thresholds and division detection.
 
 Shows the engine's defaults for the axis tracked (time or z) and gives back the
 keyword arguments :func:`~src_core.propagate.propagate` and
@@ -12,6 +13,7 @@ import inspect
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QGridLayout,
@@ -29,6 +31,7 @@ from src_core.propagate import DEFAULT_RECIPE, RECIPES, VOLUME_QC, QualityContro
 #: The engine's defaults, shown in "Settings": QC thresholds per axis, frames a lost object is searched for.
 DEFAULT_QC = (QualityControl(), VOLUME_QC)
 DEFAULT_SEARCH_FRAMES = inspect.signature(propagate).parameters["search_frames"].default
+DEFAULT_DIVISIONS = inspect.signature(propagate).parameters["divisions"].default
 
 
 def describe_recipe(name: str) -> str:
@@ -45,7 +48,8 @@ def describe_recipe(name: str) -> str:
 
 class TrackSettings(QWidget):
     """'Settings' (folded at first, with a 'Defaults' button): recipe, min predicted IoU,
-    min stability, max area change and search frames; ``along_z`` picks the axis's defaults."""
+    min stability, max area change, search frames and divisions; ``along_z`` picks the
+    axis's defaults."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,6 +110,11 @@ class TrackSettings(QWidget):
             "Frames a lost object is searched for around its predicted position before it is given up "
             "(0: it ends where it is lost). Along z an object always ends where it is lost."
         )
+        self.divisions_check = QCheckBox("detect divisions")
+        self.divisions_check.setToolTip(
+            "Time-lapse, forward: a cell whose mask splits in two (or halves) becomes two daughters "
+            "with new ids, their mother recorded (the Trajectories layer draws the lineage)."
+        )
         for row, (label, box, label2, box2) in enumerate((
             ("min pred. IoU", self.min_score_box, "min stability", self.min_stability_box),
             ("max area change \u00d7", self.max_area_box, "search frames K", self.search_box),
@@ -114,6 +123,7 @@ class TrackSettings(QWidget):
             grid.addWidget(box, row + 1, 1)
             grid.addWidget(QLabel(label2), row + 1, 2)
             grid.addWidget(box2, row + 1, 3)
+        grid.addWidget(self.divisions_check, 3, 0, 1, 4)
         grid.addWidget(QLabel("prompt recipe"), 0, 0)
         grid.addWidget(self.recipe_box, 0, 1, 1, 3)
         grid.setColumnStretch(1, 1)
@@ -135,17 +145,21 @@ class TrackSettings(QWidget):
         self.max_area_box.setValue(qc.max_area_change)
         self.search_box.setValue(DEFAULT_SEARCH_FRAMES)
         self.search_box.setEnabled(not self.along_z)
+        self.divisions_check.setChecked(DEFAULT_DIVISIONS)
+        self.divisions_check.setEnabled(not self.along_z)
 
     def set_axis(self, along_z: bool) -> None:
         """Track through z (True) or time; the area limit follows the axis unless the user set one."""
         before, after = DEFAULT_QC[int(self.along_z)].max_area_change, DEFAULT_QC[int(along_z)].max_area_change
         self.along_z = bool(along_z)
         self.search_box.setEnabled(not along_z)
+        self.divisions_check.setEnabled(not along_z)
         if abs(self.max_area_box.value() - before) < 1e-9:
             self.max_area_box.setValue(after)
 
     def values(self) -> dict:
-        """The engine's keyword arguments: ``recipe``, ``qc`` (and ``search_frames`` in time)."""
+        """The engine's keyword arguments: ``recipe``, ``qc`` (and ``search_frames`` and
+        ``divisions`` in time)."""
         qc = dataclasses.replace(
             DEFAULT_QC[int(self.along_z)],
             min_score=self.min_score_box.value(),
@@ -155,4 +169,5 @@ class TrackSettings(QWidget):
         out = {"recipe": self.recipe_box.currentText(), "qc": qc}
         if not self.along_z:
             out["search_frames"] = self.search_box.value()
+            out["divisions"] = self.divisions_check.isChecked()
         return out

@@ -287,6 +287,33 @@ def test_settings_reach_the_engine(widget, scene, qtbot, monkeypatch):
     assert got["recipe"] == "box" and got["qc"] == VOLUME_QC and "search_frames" not in got
 
 
+def test_divisions_setting_gives_daughters_and_a_lineage(widget, qtbot):
+    """'detect divisions' (off by default, time only): the dividing cell's daughters get
+    new ids, and the Trajectories layer links them to their mother."""
+    cells = make_scene("cells", size=128)
+    viewer, w = widget(cells[:], StandInSegmenter(cells.labels_for_image))
+    panel, settings = w.track, w.track.settings_panel
+    assert not settings.divisions_check.isChecked() and panel.settings()["divisions"] is False
+    prompt_scene(w, cells, 0)
+    panel.direction_box.setCurrentText("forward")
+
+    def run(divide: bool) -> np.ndarray:
+        settings.divisions_check.setChecked(divide)
+        panel.run()
+        wait_done(qtbot, w)
+        return np.asarray(panel.layers[T.TRACKS].data)
+
+    tracked = run(False)
+    assert set(np.unique(tracked)) == {0, 1, 2, 3, 4, 5}  # no daughters without it
+    tracked = run(True)
+    assert set(np.unique(tracked)) == {0, 1, 2, 3, 4, 5, 6, 7}
+    assert viewer.layers[T.TRAJECTORIES].graph == {6: [1], 7: [1]}
+    scores = evaluate(cells.ground_truth(), tracked)
+    assert scores.mean_j >= 0.9 and scores.id_switches == 0, scores.summary()
+    panel.axis_box.setCurrentIndex(1)  # along z there are no divisions
+    assert not settings.divisions_check.isEnabled() and "divisions" not in panel.settings()
+
+
 def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     scene = make_scene("crossing", size=64)
     n, nz = 8, 3
