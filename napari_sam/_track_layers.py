@@ -70,6 +70,30 @@ class TrackAxis:
         return int(plane[self.axis])
 
 
+class StackedFrames:
+    """The frames of several same-shape (n, Y, X) arrays as one lazy (n, Y, X, C) stack:
+    frame ``t`` reads frame ``t`` of each and stacks them as channels (the image layer
+    and the ticked "+ channels" layers, tracked together)."""
+
+    def __init__(self, arrays) -> None:
+        self.arrays = list(arrays)
+        first = tuple(self.arrays[0].shape)
+        if any(tuple(a.shape) != first for a in self.arrays) or len(first) != 3:
+            raise ValueError(f"channel stacks must all be (n, Y, X) of one shape, got "
+                             f"{[tuple(a.shape) for a in self.arrays]}")
+        self.shape = (*first, len(self.arrays))
+        self.dtype = np.result_type(*[np.dtype(a.dtype) for a in self.arrays])
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"StackedFrames reads one frame at a time (an int), got {index!r}")
+        return np.stack([np.asarray(a[int(index)]) for a in self.arrays], axis=-1).astype(self.dtype, copy=False)
+
+
 def check_stack(image_layer) -> tuple[int, ...]:
     """``(n, H, W)`` or ``(T, Z, H, W)`` of an image that can be tracked through, else ValueError."""
     shape = L.spatial_shape(image_layer)

@@ -364,13 +364,16 @@ class TrackPanel(QWidget):
         image = host.image_layer
         labels_layer = self.layers[T.TRACKS]
         along = self.track_axis()
-        frames, tracks = along.take(image.data), along.take(labels_layer.data)
+        channels = host.channel_layers()  # "+ channels": tracked together with the image
+        frames = along.take(image.data)
+        if channels:
+            frames = T.StackedFrames([frames, *(along.take(layer.data) for layer in channels)])
+        tracks = along.take(labels_layer.data)
         start, stop = self.first_box.value(), self.last_box.value() + 1
         along_z = self.axis_box.currentIndex() == 1
         direction = "both" if along_z else self.direction_box.currentText()
         keys = self._keys_on(along)
-        # the tracked image alone: extra channel layers are not read frame by frame
-        kwargs = host.image_panel.normalization(image, [image])
+        kwargs = host._normalization(image)  # the widget's contrast, the channels included
         model_id = getattr(getattr(host.predictor, "model", None), "weights_id", None)
         cache = host._embedding_cache() if model_id else None
         settings = self.settings()

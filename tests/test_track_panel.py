@@ -314,6 +314,47 @@ def test_divisions_setting_gives_daughters_and_a_lineage(widget, qtbot):
     assert not settings.divisions_check.isEnabled() and "divisions" not in panel.settings()
 
 
+def test_ticked_channel_layers_are_tracked_with_the_image(widget, qtbot):
+    """"+ channels" reach tracking: an object seen only in a second channel layer is
+    followed (with the image layer alone it is lost on the first frame)."""
+    from scipy import ndimage as ndi
+
+    def components(image):  # the objects of any channel, as SAM would see them
+        image = np.asarray(image)
+        return ndi.label(image.reshape(*image.shape[:2], -1).max(axis=-1) > 0)[0]
+
+    n, size = 6, 64
+    nuclei = np.zeros((n, size, size), np.uint16)
+    nuclei[:, 40:56, 40:56] = 3000  # a still object in the first channel
+    membrane = np.zeros((n, size, size), np.uint16)
+    for t in range(n):
+        membrane[t, 8:24, 4 + 4 * t : 20 + 4 * t] = 3000  # a moving one only in the second
+    viewer, w = widget(nuclei, StandInSegmenter(components, boundary_noise=0, failure_rate=0), name="nuclei")
+    viewer.add_image(membrane, name="membrane")
+    panel = w.track
+    points = panel.layers[T.PROMPTS]
+
+    def run() -> np.ndarray:
+        panel.layers[T.TRACKS].data[:] = 0
+        points.data = np.zeros((0, 3))
+        panel.object_box.setValue(1)
+        points.add(np.array([[0, 16, 12]], float))  # on the membrane-only object
+        panel.direction_box.setCurrentText("forward")
+        panel.run()
+        wait_done(qtbot, w)
+        return np.asarray(panel.layers[T.TRACKS].data)
+
+    alone = run()
+    assert not (alone[1:] == 1).any()  # the image layer alone shows nothing there
+    w.image_panel.set_channel_layers(["membrane"])
+    assert [layer.name for layer in w.channel_layers()] == ["membrane"]
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown plane is embedded again
+    together = run()
+    for t in range(n):
+        truth = membrane[t] > 0
+        assert (together[t] == 1).sum() == truth.sum() and (together[t][truth] == 1).all()
+
+
 def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     scene = make_scene("crossing", size=64)
     n, nz = 8, 3
