@@ -76,12 +76,9 @@ class TiledTextMatch:
 
     def paste(self, out: Any, value: int | bool = True) -> Any:
         """Set ``out[mask] = value`` in a full-size array; returns it."""
-        y0, x0 = self.offset
-        region = (slice(y0, y0 + self.mask.shape[0]), slice(x0, x0 + self.mask.shape[1]))
-        pixels = np.array(out[region])
-        pixels[self.mask] = value
-        out[region] = pixels
-        return out
+        from ..tiling.predictor import paste_crop
+
+        return paste_crop(out, self.mask, self.offset, value)
 
 
 def read_clip_crop(

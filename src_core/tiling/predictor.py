@@ -32,7 +32,7 @@ from ..automatic.regions import bbox_crop
 from .grid import Extent, Tile, TileGrid
 from .source import DEFAULT_MAX_SAMPLES, TiledImage
 
-__all__ = ["TiledMask", "TiledPredictor", "model_input_size"]
+__all__ = ["TiledMask", "TiledPredictor", "model_input_size", "paste_crop"]
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,21 @@ class TiledMask:
 
     def paste(self, out: Any, value: int | bool = True) -> Any:
         """Set ``out[mask] = value`` in a caller's full-size array (numpy, memmap, zarr); returns it."""
-        if self.mask.size == 0:
-            return out
-        y0, x0 = self.offset
-        region = (slice(y0, y0 + self.mask.shape[0]), slice(x0, x0 + self.mask.shape[1]))
-        pixels = np.array(out[region])
-        pixels[self.mask] = value
-        out[region] = pixels
+        return paste_crop(out, self.mask, self.offset, value)
+
+
+def paste_crop(out: Any, mask: np.ndarray, offset: tuple[int, int], value: int | bool = True) -> Any:
+    """Set ``out[mask] = value`` for a bounding-box crop ``mask`` at (row, column)
+    ``offset`` of a full-size array (numpy, memmap, zarr), reading and writing only
+    that box; returns ``out``."""
+    if mask.size == 0:
         return out
+    y0, x0 = offset
+    region = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
+    pixels = np.array(out[region])
+    pixels[mask] = value
+    out[region] = pixels
+    return out
 
 
 def model_input_size(predictor_or_generator: object) -> int | None:
