@@ -24,6 +24,10 @@ Runs 1-3 predate the loss on the first round; ``--last-round-only`` repeats them
     .venv/bin/python scripts/train_embedded.py --out build/embedded4/vit_tiny.pth \
         --init-from-shipped --steps 4400 --warmup 150 --bank 6000 --lr 4e-4 \
         --jitter 1.0 2.5 --jitter-probability 0.3 --scene-seed 1126 --correction-rounds 3
+    .venv/bin/python scripts/train_embedded.py --out build/embedded5/vit_tiny.pth \
+        --init-from-shipped --steps 4000 --warmup 150 --bank 6000 --lr 4e-4 \
+        --jitter 1.0 2.5 --jitter-probability 0.3 --scene-seed 1127 --correction-rounds 3 \
+        --closeups 0.2
 """
 
 from __future__ import annotations
