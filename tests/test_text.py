@@ -370,7 +370,7 @@ class TileComponents:
         return [{"segmentation": components == k, "predicted_iou": 0.9} for k in range(1, count + 1)]
 
 
-def test_clip_crops_read_around_a_candidate_are_the_whole_image_crops():
+def test_clip_crops_read_around_a_candidate_are_the_whole_image_crops(monkeypatch):
     from src_core.text import read_clip_crop
     from src_core.text import tiled as tiled_module
     from src_core.tiling import TiledImage
@@ -389,25 +389,18 @@ def test_clip_crops_read_around_a_candidate_are_the_whole_image_crops():
             read = read_clip_crop(source, crop, (y0, x0), 32, background=background, context=0.2)
             np.testing.assert_array_equal(read, whole)
     # past MAX_CROP_READ the square is read from every k-th pixel: nearly the same crop
-    tiled_module.MAX_CROP_READ, saved = 40, tiled_module.MAX_CROP_READ
-    try:
-        mask = np.zeros(rgb.shape[:2], bool)
-        mask[20:100, 30:120] = True
-        coarse = read_clip_crop(source, mask[20:100, 30:120], (20, 30), 32, background="none")
-    finally:
-        tiled_module.MAX_CROP_READ = saved
-    assert coarse.shape == (32, 32, 3)
     from scipy import ndimage as ndi
 
     field = ndi.gaussian_filter(rgb.astype(float), (8, 8, 0))
-    field = (field - field.min()) / np.ptp(field) * 255
-    smooth = TiledImage(field.astype(np.uint8))
-    exact = read_clip_crop(smooth, mask[20:100, 30:120], (20, 30), 32, background="none")
-    tiled_module.MAX_CROP_READ = 40
-    try:
-        coarse = read_clip_crop(smooth, mask[20:100, 30:120], (20, 30), 32, background="none")
-    finally:
-        tiled_module.MAX_CROP_READ = saved
+    smooth = TiledImage(((field - field.min()) / np.ptp(field) * 255).astype(np.uint8))
+    mask = np.ones((80, 90), bool)
+    exact = read_clip_crop(smooth, mask, (20, 30), 32, background="none")
+    steps = []
+    read_rgb = smooth.read_rgb
+    monkeypatch.setattr(smooth, "read_rgb", lambda tile: steps.append(tile.step) or read_rgb(tile))
+    monkeypatch.setattr(tiled_module, "MAX_CROP_READ", 40)
+    coarse = read_clip_crop(smooth, mask, (20, 30), 32, background="none")
+    assert steps == [3] and coarse.shape == (32, 32, 3)
     assert np.abs(coarse.astype(int) - exact.astype(int)).mean() < 12
 
 
