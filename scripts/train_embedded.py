@@ -42,7 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src_core.model.build import MODEL_CONFIGS, build_sam_from_config  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from src_core.model.build import MODEL_CONFIGS, build_sam_from_config, resize_position_tables  # noqa: E402
 from src_core.train.data import SceneBank, SceneStream  # noqa: E402
 from src_core.train.trainer import TrainConfig, Trainer, save_model  # noqa: E402
 
@@ -96,6 +98,9 @@ def main() -> int:
                         help="most corrective-click rounds simulated per sample (0 to this, at random)")
     parser.add_argument("--last-round-only", action="store_true",
                         help="loss on the last round only (runs 1-3), not also on the first prompt's")
+    parser.add_argument("--image-size", type=int, default=MODEL_CONFIGS["vit_tiny"].image_size,
+                        help="model input size; --init-from-shipped resizes the shipped weights' "
+                        "position tables to it")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
     args = parser.parse_args()
@@ -105,8 +110,11 @@ def main() -> int:
         parser.error("--closeups is a share of the scenes, 0 to 1")
     if args.correction_rounds < 0:
         parser.error("--correction-rounds must be 0 or more")
+    if args.image_size % 16 or args.image_size < 64:
+        parser.error("--image-size must be a multiple of 16, at least 64")
     torch.set_num_threads(args.threads)
-    model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
+    config = replace(MODEL_CONFIGS["vit_tiny"], image_size=args.image_size)
+    model = build_sam_from_config(config)
     if args.export:
         from src_core.checkpoints import load_state_dict
 
@@ -122,7 +130,8 @@ def main() -> int:
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 
-        model.load_state_dict({k: v.float() for k, v in load_state_dict(SHIPPED).items()}, strict=True)
+        shipped = {k: v.float() for k, v in load_state_dict(SHIPPED).items()}
+        model.load_state_dict(resize_position_tables(shipped, config), strict=True)
     if args.bank:
         start = time.time()
         source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads, closeups=args.closeups)

@@ -41,12 +41,14 @@ def _no_qt_worker_outlives_its_test(request):
 
 @pytest.fixture(scope="session")
 def vit_tiny_random_checkpoint(tmp_path_factory):
-    """Random weights of the built-in vit_tiny geometry (seeded), saved once per run."""
+    """Random weights of the vit_tiny blocks at a 256-px input (TINY_256, seeded), saved once per run."""
     import torch
 
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from tiny_geometry import TINY_256
+
+    from src_core.model.build import build_sam_from_config
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "vit_tiny_random.pth"
-    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
+    torch.save(build_sam_from_config(TINY_256).state_dict(), path)
     return path

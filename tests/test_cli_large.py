@@ -1,6 +1,6 @@
 """``napari-sam segment`` and ``napari-sam label`` on planes past 4x the model input.
 
-The built-in vit_tiny geometry (256-px input, random weights) makes 1,024 px the
+The vit_tiny blocks at a 256-px input (tests/tiny_geometry.py, random weights) make 1,024 px the
 tiling threshold, so a few-hundred-kilobyte image runs the whole tiled path of
 the command line: lazy reading, tile routing, a memory-mapped label image
 written as a tiled TIFF, and the same user errors as small images.

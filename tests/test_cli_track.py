@@ -55,11 +55,13 @@ def box_prompts(scene, tmp_path) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
 
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+
+    from tiny_geometry import TINY_256
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
+    torch.save(build_sam_from_config(TINY_256).state_dict(), path)
     return path
 
 

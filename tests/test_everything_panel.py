@@ -192,11 +192,12 @@ def test_real_generator_on_vit_tiny_writes_labels(widget, qtbot):
     import torch
 
     from src_core import SamPredictor
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+    from tiny_geometry import TINY_256
 
     torch.manual_seed(0)
     viewer, w, _ = widget(blobs_image((64, 64)))
-    w.set_predictor(SamPredictor(build_sam_from_config(MODEL_CONFIGS["vit_tiny"])), "vit_tiny")
+    w.set_predictor(SamPredictor(build_sam_from_config(TINY_256)), "vit_tiny")
     qtbot.waitUntil(lambda: w.idle and w.predictor.is_image_set, timeout=20000)
     from napari_sam._everything_panel import make_generator
 

@@ -24,11 +24,12 @@ def blobs(shape=(96, 128)):
 
 
 def tiny_predictor():
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+    from tiny_geometry import TINY_256
     from src_core.predictor import SamPredictor
 
     torch.manual_seed(0)
-    return SamPredictor(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]))
+    return SamPredictor(build_sam_from_config(TINY_256))
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def large_image(size=SIZE, dtype=np.uint16):
 
 
 class SizedStandIn(StandInPredictor):
-    """The stand-in, declaring a 256-px model input (vit_tiny's), and recording what it embeds."""
+    """The stand-in, declaring a 256-px model input (tests/tiny_geometry.py), and recording what it embeds."""
 
     model = SimpleNamespace(image_encoder=SimpleNamespace(img_size=256))
 

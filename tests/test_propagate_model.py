@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+from src_core.model.build import build_sam_from_config
+
+from tiny_geometry import TINY_256
 from src_core.predictor import SamPredictor
 from src_core.propagate import (
     ACCEPT_ALL,
@@ -44,7 +46,7 @@ class CountingPredictor(SamPredictor):
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    return CountingPredictor(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]))
+    return CountingPredictor(build_sam_from_config(TINY_256))
 
 
 @pytest.mark.parametrize("qc", [None, ACCEPT_ALL], ids=["default-qc", "accept-all"])

@@ -291,10 +291,11 @@ def test_segment_everything_and_refinement_share_one_embedding(scorer):
     predictor holds it afterwards (as set_image=True promises)."""
     from src_core import SamPredictor
     from src_core.automatic import SamAutomaticMaskGenerator
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+    from tiny_geometry import TINY_256
 
     torch.manual_seed(0)
-    model = build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
+    model = build_sam_from_config(TINY_256)
     calls = []
     hook = model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
     predictor = SamPredictor(model)
@@ -448,7 +449,7 @@ def test_segment_text_tiled_finds_what_the_whole_image_search_finds(scorer):
 
 
 def test_cli_segment_text_on_a_large_plane(capsys, tiny_sam, stand_in_clip, tmp_path, monkeypatch):
-    """A plane past the tiling threshold (4x the 256-px input of vit_tiny): found tile by
+    """A plane past the tiling threshold (4x the 256-px input of TINY_256): found tile by
     tile, written as a tiled TIFF; the same as the whole-image output's form."""
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
     image = np.full((200, 1100, 3), 20, np.uint8)
@@ -643,11 +644,12 @@ def test_real_open_clip_vit_b_32_plugs_in():
 
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory) -> Path:
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+    from tiny_geometry import TINY_256
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("sam") / "tiny.pth"
-    torch.save(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).state_dict(), path)
+    torch.save(build_sam_from_config(TINY_256).state_dict(), path)
     return path
 
 
@@ -852,7 +854,7 @@ def test_panel_on_a_large_plane_goes_tile_by_tile(make_napari_viewer, qtbot, tok
     from napari_sam._widget import SegmentAnythingWidget
     from src_core.tiling import TiledPredictor
 
-    class Sized(StandInPredictor):  # declares vit_tiny's 256-px input; records what it embeds
+    class Sized(StandInPredictor):  # declares the 256-px input of TINY_256; records what it embeds
         model = SimpleNamespace(image_encoder=SimpleNamespace(img_size=256))
         shapes: list = []
 

@@ -11,7 +11,8 @@ from scipy import ndimage as ndi
 
 from src_core.automatic import SamAutomaticMaskGenerator
 from src_core.embedding_cache import EmbeddingCache
-from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+from src_core.model.build import build_sam_from_config
+from tiny_geometry import TINY_256
 from src_core.predictor import SamPredictor
 from src_core.preprocess import to_rgb
 from src_core.rle import decode_segmentation, rle_to_crop
@@ -31,7 +32,7 @@ from standin_predictor import StandInPredictor
 @pytest.fixture(scope="module")
 def tiny_sam():
     torch.manual_seed(0)
-    return build_sam_from_config(MODEL_CONFIGS["vit_tiny"])
+    return build_sam_from_config(TINY_256)
 
 
 def disk(shape, centre, radius):

@@ -599,10 +599,11 @@ def test_real_model_end_to_end(widget, scene, qtbot):
     import torch
 
     from src_core import SamPredictor
-    from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
+    from src_core.model.build import build_sam_from_config
+    from tiny_geometry import TINY_256
 
     torch.manual_seed(0)
-    predictor = SamPredictor(build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).eval())
+    predictor = SamPredictor(build_sam_from_config(TINY_256).eval())
     viewer, w = widget(scene[:], predictor)
     panel = w.track
     prompt_scene(w, scene, 0, [1, 2])

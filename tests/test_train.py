@@ -347,6 +347,61 @@ def test_checkpoint_is_in_the_official_layout(tmp_path):
     torch.testing.assert_close(loaded.state_dict()["mask_decoder.iou_token.weight"], model.state_dict()["mask_decoder.iou_token.weight"])
 
 
+def test_checkpoints_load_at_the_input_size_they_were_trained_at(tmp_path):
+    """The built-in vit_tiny is 512 px now; a vit_tiny checkpoint of 256 px (the
+    earlier built-in model, or a fine-tuned copy of it) still loads, at 256 px."""
+    from tiny_geometry import TINY_256
+
+    from src_core.model.build import config_for_weights
+    from src_core.predictor import SamPredictor
+
+    assert MODEL_CONFIGS["vit_tiny"].image_size == 512
+    torch.manual_seed(0)
+    path = tmp_path / "tiny256.pth"
+    torch.save(build_sam_from_config(TINY_256).state_dict(), path)
+    for model_type in ("vit_tiny", "auto"):
+        loaded = build_sam(model_type, checkpoint=path, device="cpu")
+        assert loaded.image_encoder.img_size == 256
+        assert loaded.prompt_encoder.image_embedding_size == (16, 16)
+    predictor = SamPredictor(loaded)
+    predictor.set_image(np.zeros((300, 200), np.uint8))
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[50.0, 60.0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 300, 200) and low_res.shape == (3, 64, 64)
+    official = MODEL_CONFIGS["vit_b"]
+    assert config_for_weights(official, {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}) is official
+    assert config_for_weights(official, {}) is official
+
+
+def test_position_tables_resize_to_another_input():
+    """--init-from-shipped at another --image-size: the absolute embedding and the
+    global blocks' relative tables are resized, the windowed blocks' kept."""
+    from tiny_geometry import TINY_256
+
+    from src_core.model.build import resize_position_tables
+
+    torch.manual_seed(0)
+    state = build_sam_from_config(TINY_256).state_dict()
+    state["image_encoder.pos_embed"] = torch.full_like(state["image_encoder.pos_embed"], 0.25)
+    for key in [k for k in state if "rel_pos" in k]:  # zeros when untrained
+        state[key] = torch.randn_like(state[key])
+    resized = resize_position_tables(state, MODEL_CONFIGS["vit_tiny"])
+    build_sam_from_config(MODEL_CONFIGS["vit_tiny"]).load_state_dict(resized, strict=True)
+    assert resized["image_encoder.pos_embed"].shape == (1, 32, 32, 192)
+    torch.testing.assert_close(resized["image_encoder.pos_embed"], torch.full((1, 32, 32, 192), 0.25))
+    for block in range(6):
+        key = f"image_encoder.blocks.{block}.attn.rel_pos_h"
+        if block in TINY_256.encoder_global_attn_indexes:
+            assert state[key].shape[0] == 31 and resized[key].shape[0] == 63
+            # the ends of the table (the largest offsets either way) stay where they were
+            torch.testing.assert_close(resized[key][[0, -1]], state[key][[0, -1]], atol=0.05, rtol=0)
+        else:
+            assert resized[key] is state[key]
+    unchanged = resize_position_tables(state, TINY_256)
+    assert all(unchanged[k] is state[k] for k in state)
+    with pytest.raises(ValueError, match="pos_embed"):
+        resize_position_tables({}, TINY_256)
+
+
 def test_divergence_stops_without_replacing_the_good_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "model.pth"
     pair = nuclei_pair()
@@ -419,7 +474,7 @@ def test_evaluate_prompts_with_a_perfect_predictor():
 def test_embedded_training_script_refuses_the_held_out_scenes():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
     for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more"),
-                           (["--closeups", "1.5"], "share")):
+                           (["--closeups", "1.5"], "share"), (["--image-size", "100"], "multiple of 16")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 

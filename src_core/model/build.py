@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from types import MappingProxyType
 
@@ -39,9 +39,11 @@ MODEL_CONFIGS: Mapping[str, SamConfig] = MappingProxyType(
         "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
         "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
         # napari-sam's own small model (trained by the project, shipped in the
-        # package): a 256-pixel input with SAM's 16-pixel patches, so its masks have
-        # the same resolution relative to the input as SAM's, at ~1/60 of vit_b's cost.
-        "vit_tiny": SamConfig(192, 6, 3, (2, 5), image_size=256, patch_size=16, window_size=8),
+        # package): SAM's 16-pixel patches at a 512-pixel input (32 x 32 tokens:
+        # trained at 256 px first, whose 16 x 16 tokens left object edges coarse), at
+        # a small fraction of vit_b's cost. Checkpoints of the 256-px version still load, at
+        # their own size (config_for_weights).
+        "vit_tiny": SamConfig(192, 6, 3, (2, 5), image_size=512, patch_size=16, window_size=8),
     }
 )
 
@@ -101,6 +103,55 @@ def infer_model_type(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         if pos.shape[-1] == config.encoder_embed_dim and depth == config.encoder_depth:
             return name
     return None
+
+
+def config_for_weights(config: SamConfig, state_dict: Mapping[str, torch.Tensor]) -> SamConfig:
+    """``config`` at the input size ``state_dict`` was trained at.
+
+    The input size of a SAM model is fixed by its weights: the absolute position
+    embedding holds one vector per patch of the input. A checkpoint trained at
+    another size than its registry entry's (napari-sam's built-in vit_tiny was
+    256 px before it became 512, and fine-tuned copies of it keep 256) is built at
+    its own size instead of failing to load.
+    """
+    pos = state_dict.get("image_encoder.pos_embed")
+    if pos is None or pos.ndim != 4 or pos.shape[1] != pos.shape[2]:
+        return config
+    size = int(pos.shape[1]) * config.patch_size
+    return config if size == config.image_size else replace(config, image_size=size)
+
+
+def resize_position_tables(
+    state_dict: Mapping[str, torch.Tensor], config: SamConfig
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with its image encoder's position tables resized to ``config``'s
+    input size, to continue training a model at another resolution.
+
+    The absolute position embedding (one vector per patch) is resized bicubically,
+    and the relative position tables of the global-attention blocks (``2 * grid - 1``
+    offsets) linearly; windowed blocks keep theirs (the window size is fixed).
+    Everything else is returned as it is.
+    """
+    grid = config.image_size // config.patch_size
+    out = dict(state_dict)
+    pos = out.get("image_encoder.pos_embed")
+    if pos is None:
+        raise ValueError("no SAM image encoder in this state dict ('image_encoder.pos_embed' is missing)")
+    if pos.shape[1:3] != (grid, grid):
+        resized = torch.nn.functional.interpolate(
+            pos.permute(0, 3, 1, 2).float(), size=(grid, grid), mode="bicubic", align_corners=False
+        )
+        out["image_encoder.pos_embed"] = resized.permute(0, 2, 3, 1).to(pos.dtype).contiguous()
+    for index in config.encoder_global_attn_indexes:
+        for axis in ("h", "w"):
+            key = f"image_encoder.blocks.{index}.attn.rel_pos_{axis}"
+            table = out.get(key)
+            if table is not None and table.shape[0] != 2 * grid - 1:
+                resized = torch.nn.functional.interpolate(
+                    table.T[None].float(), size=2 * grid - 1, mode="linear", align_corners=False
+                )
+                out[key] = resized[0].T.to(table.dtype).contiguous()
+    return out
 
 
 def load_weights(sam: Sam, state_dict: Mapping[str, torch.Tensor], model_type: str, source: str) -> None:
@@ -197,7 +248,7 @@ def build_sam(
             )
     if not isinstance(checkpoint, Mapping):
         weights_id = _weights_id(model_type, path, official=checkpoint is None and model_type in CHECKPOINTS)
-    sam = build_sam_from_config(MODEL_CONFIGS[model_type])
+    sam = build_sam_from_config(config_for_weights(MODEL_CONFIGS[model_type], state_dict))
     load_weights(sam, state_dict, model_type, source)
     # names these weights for caches of their outputs (embeddings); None: don't cache
     sam.weights_id = weights_id

@@ -2,7 +2,7 @@
 
 One rule for the plugin and the command line: a plane whose long side exceeds
 :data:`LARGE_FACTOR` times the model input (4,096 px for SAM's 1024-px models,
-1,024 px for the 256-px vit_tiny) is tiled with tiles of the model input and a
+2,048 px for the 512-px vit_tiny) is tiled with tiles of the model input and a
 quarter of it as overlap. Smaller planes are embedded whole, resized to the
 model input, exactly as SAM does.
 """
