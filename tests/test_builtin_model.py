@@ -22,8 +22,8 @@ WEIGHTS = Path(src_core.__file__).resolve().parent / "weights" / "sam_vit_tiny.p
 # Floors well under the measured means on this sample (README, "The built-in model"),
 # far above what untrained or wrongly loaded weights give (about 0): they catch a
 # broken export, loader or preprocessing, not a quality regression of a few points.
-CLICK_FLOOR = 0.60
-BOX_FLOOR = 0.72
+CLICK_FLOOR = 0.78
+BOX_FLOOR = 0.85
 
 
 def _iou(a, b) -> float:
