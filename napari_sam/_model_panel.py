@@ -36,7 +36,7 @@ def weights_hint(model_type: str) -> str:
 
     if model_type == EMBEDDED_MODEL:
         return (
-            f"{EMBEDDED_MODEL} is napari-sam's small built-in model (offline, 15 MB), "
+            f"{EMBEDDED_MODEL} is napari-sam's small built-in model (offline, 16 MB), "
             "trained by the project on synthetic microscopy-like images. It is not Meta's "
             "SAM and is much less accurate (rough masks, often merging neighbours): for "
             "the official models choose vit_b/vit_l/vit_h (downloaded once, or "

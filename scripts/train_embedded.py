@@ -28,6 +28,15 @@ Runs 1-3 predate the loss on the first round; ``--last-round-only`` repeats them
         --init-from-shipped --steps 4000 --warmup 150 --bank 6000 --lr 4e-4 \
         --jitter 1.0 2.5 --jitter-probability 0.3 --scene-seed 1127 --correction-rounds 3 \
         --closeups 0.2
+
+Runs 1-5 were at a 256-px input (add ``--image-size 256`` to repeat them). Run 6 moved
+the model to 512 px, the shipped weights' position tables resized by
+``resize_position_tables``:
+
+    .venv/bin/python scripts/train_embedded.py --out build/embedded6/vit_tiny.pth \
+        --init-from-shipped --image-size 512 --steps 1800 --warmup 100 --bank 3000 \
+        --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1128 \
+        --correction-rounds 3 --closeups 0.2
 """
 
 from __future__ import annotations
