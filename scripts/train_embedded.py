@@ -44,14 +44,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from dataclasses import replace  # noqa: E402
 
 from src_core.model.build import MODEL_CONFIGS, build_sam_from_config, resize_position_tables  # noqa: E402
 from src_core.train.data import SceneBank, SceneStream  # noqa: E402
