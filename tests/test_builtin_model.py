@@ -54,6 +54,10 @@ def test_shipped_file_is_small_and_the_default_offline(monkeypatch, tmp_path):
 
 
 def test_clicks_and_boxes_on_the_sample_nuclei(sample, predictor):
+    from src_core.model.build import MODEL_CONFIGS
+
+    # the shipped file is the registry's geometry (512 px), not the earlier 256-px model
+    assert predictor.model.image_encoder.img_size == MODEL_CONFIGS["vit_tiny"].image_size == 512
     image, truth, ids = sample
     predictor.set_image(image)
     clicks, boxes = [], []
