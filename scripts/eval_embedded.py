@@ -6,7 +6,9 @@
 Held-out scenes come from scene seeds the training never uses (777 and 778;
 training draws scenes from seed 1125, or another given with --scene-seed): each
 kind at 256 px, the kinds mixed at 384 px, and close-ups (objects 2-4x larger,
-filling the frame or cut by it; training sees them only with --closeups). Real
+filling the frame or cut by it; training sees them only with --closeups), and
+stained tissue (brightfield H&E and immunohistochemistry, nuclei as the objects;
+training sees it only with --tissue). Real
 images are scikit-image's bundled ones, with a classical segmentation as the
 reference:
 
@@ -125,13 +127,15 @@ def main() -> int:
     closeups = SceneStream(HELD_OUT_SEED, size=256, closeups=1.0)
     close = [closeups[i] for i in range(args.images)]
     rows.append(("held-out close-ups", evaluate_prompts(predictor, close, max_objects=8)))
+    tissue = [make_scene(np.random.default_rng([HELD_OUT_SEED, i]), 256, kind="tissue") for i in range(args.images)]
+    rows.append(("held-out stained tissue", evaluate_prompts(predictor, tissue, max_objects=8)))
     for name, make in (("coins (skimage)", coins_reference), ("horse (skimage)", horse_reference),
                        ("immunohistochemistry", ihc_reference), ("README sample, nuclei 2D", readme_sample)):
         rows.append((name, evaluate_prompts(predictor, [make()], max_objects=40)))
     for name, s in rows:
         print(f"{name:<28}{s.objects:>8}{s.point:>8.3f}{s.point_best:>8.3f}{s.box:>8.3f}"
               + "".join(f"{c:>8.3f}" for c in s.clicks[1:]))
-    # the targets: the four kinds at 256 px (mixed and close-ups are shown apart)
+    # the targets: the four kinds at 256 px (mixed, close-ups and tissue are shown apart)
     held = [s for name, s in rows if name.startswith("held-out") and name.split()[1] in SCENE_KINDS]
     weights = np.array([s.objects for s in held], float)
     mean = lambda values: float(np.average(values, weights=weights))  # noqa: E731

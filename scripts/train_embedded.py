@@ -102,6 +102,9 @@ def main() -> int:
     parser.add_argument("--closeups", type=float, default=0.0,
                         help="share of scenes that are close-ups (objects 2-4x larger, filling the "
                         "frame or cut by its edge); 0 keeps the scene stream of runs 1-4")
+    parser.add_argument("--tissue", type=float, default=0.0,
+                        help="share of scenes that are stained tissue (brightfield H&E or "
+                        "immunohistochemistry, nuclei as the objects); 0 keeps the stream of runs 1-7")
     parser.add_argument("--correction-rounds", type=int, default=CONFIG.correction_rounds,
                         help="most corrective-click rounds simulated per sample (0 to this, at random)")
     parser.add_argument("--last-round-only", action="store_true",
@@ -116,6 +119,8 @@ def main() -> int:
         parser.error("scene seeds 777 and 778 are the held-out evaluation scenes")
     if not 0.0 <= args.closeups <= 1.0:
         parser.error("--closeups is a share of the scenes, 0 to 1")
+    if not 0.0 <= args.tissue <= 1.0:
+        parser.error("--tissue is a share of the scenes, 0 to 1")
     if args.correction_rounds < 0:
         parser.error("--correction-rounds must be 0 or more")
     if args.image_size % 16 or args.image_size < 64:
@@ -142,10 +147,11 @@ def main() -> int:
         model.load_state_dict(resize_position_tables(shipped, config), strict=True)
     if args.bank:
         start = time.time()
-        source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads, closeups=args.closeups)
+        source = SceneBank(args.scene_seed, args.bank, size=256, workers=args.threads, closeups=args.closeups,
+                           tissue=args.tissue)
         print(f"made {args.bank} scenes in {time.time() - start:.0f} s", flush=True)
     else:
-        source = SceneStream(args.scene_seed, size=256, closeups=args.closeups)
+        source = SceneStream(args.scene_seed, size=256, closeups=args.closeups, tissue=args.tissue)
     from src_core.device import resolve_device
 
     model.to(resolve_device(None if args.device == "auto" else args.device))

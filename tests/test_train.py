@@ -23,7 +23,7 @@ from src_core.train.data import (
     prepare_sample,
 )
 from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
-from src_core.train.scenes import SCENE_KINDS, make_scene
+from src_core.train.scenes import ALL_KINDS, SCENE_KINDS, make_scene
 from src_core.train.simulate import corrective_points, focal_dice_iou_loss, sample_boxes, sample_points
 from src_core.train.trainer import TrainConfig, Trainer, TrainingDiverged, parameter_groups
 
@@ -44,7 +44,7 @@ def nuclei_pair(seed: int = 0, size: int = 96):
 # -- scenes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", SCENE_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_scenes_are_deterministic_and_labelled(kind):
     a_img, a_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
     b_img, b_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
@@ -111,6 +111,33 @@ def test_scene_stream_closeups_share_and_default():
         SceneStream(0, closeups=1.5)
     with pytest.raises(ValueError, match="zoom"):
         SceneStream(0, closeups=0.5, zoom=(3.0, 2.0))
+
+
+def test_tissue_scenes_are_stained_slides_with_the_nuclei_labelled():
+    """Brightfield RGB (uint8 as scanners write it, or float32) whose nuclei unmix to
+    more haematoxylin than the tissue around them; close-ups work; the kind is drawn
+    only when asked for."""
+    from skimage import color
+
+    dtypes = set()
+    for seed in range(8):
+        image, labels = make_scene(np.random.default_rng([11, seed]), 128, kind="tissue")
+        assert image.shape == (128, 128, 3) and labels.shape == (128, 128)
+        dtypes.add(image.dtype.name)
+        assert labels.max() >= 3
+        haematoxylin = color.rgb2hed(image)[..., 0]  # unmixed back from the RGB
+        ring = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0)
+        assert np.median(haematoxylin[labels > 0]) > 1.3 * np.median(haematoxylin[ring])
+    assert dtypes == {"uint8", "float32"}
+    image, labels = make_scene(np.random.default_rng(2), 96, kind="tissue", zoom=3.0)
+    assert image.shape == (96, 96, 3) and labels.max() >= 1
+    stream, plain = SceneStream(4, size=64, tissue=1.0), SceneStream(4, size=64, tissue=0.0)
+    assert all(stream[i][0].ndim == 3 for i in range(4))
+    for i in range(3):  # no tissue asked for: the stream earlier runs trained on
+        np.testing.assert_array_equal(plain[i][1], make_scene(np.random.default_rng([4, i]), 64)[1])
+    np.testing.assert_array_equal(SceneBank(4, 1, size=64, tissue=1.0)[0][1], stream[0][1])
+    with pytest.raises(ValueError, match="share"):
+        SceneStream(0, tissue=-0.1)
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -474,7 +501,8 @@ def test_evaluate_prompts_with_a_perfect_predictor():
 def test_embedded_training_script_refuses_the_held_out_scenes():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
     for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more"),
-                           (["--closeups", "1.5"], "share"), (["--image-size", "100"], "multiple of 16")):
+                           (["--closeups", "1.5"], "share"), (["--image-size", "100"], "multiple of 16"),
+                           (["--tissue", "2"], "share")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 

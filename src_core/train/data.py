@@ -134,7 +134,9 @@ class SceneStream:
     """Endless procedural scenes (:mod:`.scenes`); sample ``i`` is the same for a given seed.
 
     ``closeups`` is the share of scenes that are close-ups (``make_scene(zoom=...)``,
-    zoom drawn from ``zoom``); 0, the default, leaves the stream as it always was.
+    zoom drawn from ``zoom``); ``tissue`` the share that are stained tissue (the
+    ``"tissue"`` kind, close-ups among them in the same share). 0, the default of
+    both, leaves the stream as it always was.
     """
 
     def __init__(
@@ -144,39 +146,47 @@ class SceneStream:
         length: int = 10**9,
         closeups: float = 0.0,
         zoom: tuple[float, float] = (2.0, 4.0),
+        tissue: float = 0.0,
     ) -> None:
         if not 0.0 <= closeups <= 1.0:
             raise ValueError(f"closeups is a share of the scenes, 0 to 1; got {closeups}")
+        if not 0.0 <= tissue <= 1.0:
+            raise ValueError(f"tissue is a share of the scenes, 0 to 1; got {tissue}")
         if not 1.0 <= zoom[0] <= zoom[1] <= 8.0:
             raise ValueError(f"zoom must be (lo, hi) with 1 <= lo <= hi <= 8, got {zoom}")
         self.seed, self.size, self.length = seed, size, length
         self.closeups, self.zoom = closeups, (float(zoom[0]), float(zoom[1]))
+        self.tissue = tissue
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
+        # the draws for tissue happen only when it is asked for: streams without it
+        # are the scenes earlier training runs saw
+        kind = "tissue" if self.tissue > 0 and rng.random() < self.tissue else None
         if self.closeups > 0 and rng.random() < self.closeups:
-            return make_scene(rng, self.size, zoom=rng.uniform(*self.zoom))
-        return make_scene(rng, self.size)
+            return make_scene(rng, self.size, kind=kind, zoom=rng.uniform(*self.zoom))
+        return make_scene(rng, self.size, kind=kind)
 
 
 class SceneBank:
     """``count`` procedural scenes made once and kept in memory, each seen in its 8
-    flips and rotations: item ``i`` is ``SceneStream(seed, size, closeups=closeups)[i // 8]``
-    under transform ``i % 8``.
+    flips and rotations: item ``i`` is ``SceneStream(seed, size, closeups=closeups,
+    tissue=tissue)[i // 8]`` under transform ``i % 8``.
 
     For long runs: ``workers`` processes make the scenes up front (6,000 256-px scenes
     in about 80 s on two cores) and the training loop only flips and indexes.
     """
 
     def __init__(
-        self, seed: int, count: int, size: int = 256, workers: int = 1, closeups: float = 0.0
+        self, seed: int, count: int, size: int = 256, workers: int = 1, closeups: float = 0.0,
+        tissue: float = 0.0,
     ) -> None:
         if count < 1:
             raise ValueError(f"a scene bank needs at least one scene, got count={count}")
-        stream = SceneStream(seed, size, closeups=closeups)
+        stream = SceneStream(seed, size, closeups=closeups, tissue=tissue)
         if workers > 1:
             from multiprocessing import get_context
 

@@ -16,13 +16,20 @@
 ``animals``
     Elongated, tapered bodies along smooth random curves (worms, larvae, mice
     seen from above) on a plain or textured arena, dark on light or light on dark.
+``tissue`` (asked for by name only: a random kind is one of :data:`SCENE_KINDS`)
+    Stained tissue in brightfield, the objects its nuclei: small, crowded,
+    often elongated and locally aligned nuclei in haematoxylin, some of them
+    DAB-positive, in tissue with cell membranes or stroma stained by DAB
+    (immunohistochemistry) or eosin (H&E), with gaps of bare slide. The stains
+    are painted as concentrations and turned into RGB with scikit-image's
+    stain matrices (Beer-Lambert), then blurred and noised; uint8 or float32 RGB.
 
 ``zoom`` > 1 gives a close-up: the scene is painted ``zoom`` times larger and a
 window of the requested size around one object is kept, so objects fill much of the
 frame or run past its edges (a large animal, a cell imaged at high magnification),
 with edges as sharp as in any other scene.
 
-Every image then goes through an acquisition model: uneven illumination, blur,
+Every image but tissue then goes through an acquisition model: uneven illumination, blur,
 shot and read noise, and one of three outputs: grayscale, colour (objects and
 background tinted differently, or stained-tissue-like) or 16-bit with a random
 dynamic range. Labels are exact: ``0`` background, ``1..N`` the visible part of
@@ -40,9 +47,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, segmentation
 
-__all__ = ["SCENE_KINDS", "make_scene"]
+__all__ = ["ALL_KINDS", "SCENE_KINDS", "make_scene"]
 
+#: the kinds a random scene is drawn from (and the held-out targets are measured on)
 SCENE_KINDS = ("nuclei", "cells", "blobs", "animals")
+#: every kind :func:`make_scene` paints; ``tissue`` only when asked for, so that the
+#: scene streams of earlier training runs stay as they were
+ALL_KINDS = SCENE_KINDS + ("tissue",)
 
 
 def make_scene(
@@ -61,7 +72,7 @@ def make_scene(
     size : int or (int, int)
         Image shape (Y, X).
     kind : str, optional
-        One of :data:`SCENE_KINDS`; random when None.
+        One of :data:`ALL_KINDS`; random among :data:`SCENE_KINDS` when None.
     min_area : int
         Objects whose visible part is smaller are removed from the labels.
     zoom : float
@@ -71,7 +82,7 @@ def make_scene(
     Returns
     -------
     image : ndarray
-        (Y, X) float32 or uint16, or (Y, X, 3) float32 in [0, 1].
+        (Y, X) float32 or uint16, or (Y, X, 3) float32 in [0, 1] (tissue: also uint8).
     labels : ndarray of int32, (Y, X)
         Instance labels 1..N of the visible objects.
     """
@@ -79,11 +90,11 @@ def make_scene(
     if len(shape) != 2 or min(shape) < 32:
         raise ValueError(f"scene size must be (Y, X) with both sides >= 32, got {size!r}")
     kind = kind if kind is not None else SCENE_KINDS[rng.integers(len(SCENE_KINDS))]
-    if kind not in SCENE_KINDS:
-        raise ValueError(f"unknown scene kind {kind!r}: expected one of {SCENE_KINDS}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown scene kind {kind!r}: expected one of {ALL_KINDS}")
     if not 1.0 <= zoom <= 8.0:
         raise ValueError(f"zoom must be between 1 (a whole scene) and 8, got {zoom!r}")
-    painter = {"nuclei": _nuclei, "cells": _cells, "blobs": _blobs, "animals": _animals}[kind]
+    painter = {"nuclei": _nuclei, "cells": _cells, "blobs": _blobs, "animals": _animals, "tissue": _tissue}[kind]
     if zoom > 1.0:
         if kind == "animals":
             # bodies drawn as a chain of discs: close up, the thin tail's discs would
@@ -94,6 +105,8 @@ def make_scene(
     else:
         signal, labels = painter(rng, shape)
     labels = _drop_small(labels, min_area)
+    if kind == "tissue":
+        return _acquire_brightfield(rng, signal), labels
     return _acquire(rng, signal, labels), labels
 
 
@@ -228,6 +241,63 @@ def _animals(rng, shape, dense: bool = False):
     return np.clip(signal, 0, None).astype(np.float32), labels
 
 
+def _tissue(rng, shape):
+    """Stain concentrations (Y, X, 3: haematoxylin, eosin, DAB) and the nuclei's labels."""
+    h, w = shape
+    scale = min(h, w) / 256
+    ihc = rng.random() < 0.6  # immunohistochemistry (DAB), else H&E (eosin)
+    # tissue and bare slide: a smooth field thresholded, sometimes all tissue
+    cover = _smooth_noise(rng, shape, 24 * scale) > rng.uniform(-2.5, 0.3)
+    cover = ndi.gaussian_filter(cover.astype(np.float32), 1.5 * scale)
+    # nuclei: ellipses aligned along a slowly turning direction, crowded or sparse,
+    # a later one hiding what it overlaps of an earlier one
+    spacing = rng.uniform(9, 24) * scale
+    n = int(h * w / spacing**2 * rng.uniform(0.4, 0.9))
+    flow = _smooth_noise(rng, shape, 30 * scale) * rng.uniform(0.5, 2.5)
+    labels = np.zeros(shape, np.int32)
+    chromatin = _smooth_noise(rng, shape, 0.8 * scale + 0.3)
+    haem = np.zeros(shape, np.float32)
+    dab_nuclear = np.zeros(shape, np.float32)
+    positive = rng.uniform(0, 0.7) if ihc else 0.0
+    r_lo, r_hi = sorted(rng.uniform(3.5, 12, 2) * scale)
+    centres = rng.uniform(0, 1, (n, 2)) * (h, w)
+    kept = 0
+    for y, x in centres:
+        if cover[min(int(y), h - 1), min(int(x), w - 1)] < 0.5:
+            continue
+        r_major = rng.uniform(r_lo, r_hi + 1.5 * scale)
+        r_minor = r_major * rng.uniform(0.35, 1.0)
+        angle = flow[min(int(y), h - 1), min(int(x), w - 1)] + rng.normal(0, 0.25)
+        rr, cc = draw.ellipse(y, x, r_minor, r_major, shape=shape, rotation=angle)
+        if len(rr) == 0:
+            continue
+        kept += 1
+        labels[rr, cc] = kept
+        haem[rr, cc] = rng.uniform(0.022, 0.07) * (1 + rng.uniform(0.1, 0.4) * chromatin[rr, cc])
+        dab_nuclear[rr, cc] = rng.uniform(0.03, 0.14) if rng.random() < positive else 0.0
+    nuclei = labels > 0
+    # around the nuclei: cells (each pixel to its nearest nucleus) whose membranes
+    # take DAB, or a fibrous stroma
+    fibres = _smooth_noise(rng, shape, 1.2 * scale + 0.5)
+    if ihc:
+        if kept:
+            _, (iy, ix) = ndi.distance_transform_edt(~nuclei, return_indices=True)
+            membranes = segmentation.find_boundaries(labels[iy, ix], mode="thick").astype(np.float32)
+            membranes = ndi.gaussian_filter(membranes, rng.uniform(0.6, 1.5) * scale)
+        else:
+            membranes = np.zeros(shape, np.float32)
+        dab = cover * (rng.uniform(0.0, 0.05) * (1 + 0.5 * fibres) + rng.uniform(0.02, 0.2) * membranes)
+        eosin = np.zeros(shape, np.float32)
+    else:
+        dab = np.zeros(shape, np.float32)
+        eosin = cover * rng.uniform(0.01, 0.05) * (1 + 0.4 * fibres)
+    background_haem = cover * rng.uniform(0.003, 0.016) * (1 + 0.4 * fibres)
+    haem = np.where(nuclei, haem, background_haem)
+    dab = np.where(nuclei, np.maximum(dab * 0.5, dab_nuclear), dab)
+    stains = np.stack([haem, eosin, dab], axis=-1)
+    return np.clip(stains, 0, None).astype(np.float32), labels
+
+
 def _body_mask(rng, shape, scale, dense: bool = False) -> np.ndarray:
     """A tapered body along a smooth random curve (``dense``: its discs at most half
     the thinnest radius apart, however large the body)."""
@@ -300,6 +370,25 @@ def _acquire(rng, signal: np.ndarray, labels: np.ndarray) -> np.ndarray:
         counts = np.clip(image / max(float(image.max()), 1e-6) * top + rng.uniform(0, 300), 0, 65535)
         return counts.astype(np.uint16)
     return _colourize(rng, image, labels)
+
+
+def _acquire_brightfield(rng, stains: np.ndarray) -> np.ndarray:
+    """RGB of a stained slide: Beer-Lambert through scikit-image's H-E-DAB matrix,
+    uneven and tinted illumination, blur, noise; uint8 (as scanners save it) or float32."""
+    from skimage.color import combine_stains, rgb_from_hed
+
+    h, w = stains.shape[:2]
+    rgb = combine_stains(stains, rgb_from_hed).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    vignette = 1 - rng.uniform(0, 0.25) * (((yy / h - 0.5) ** 2 + (xx / w - 0.5) ** 2) * 2)
+    white = rng.uniform(0.85, 1.0, 3).astype(np.float32)
+    rgb = rgb * vignette[..., None] * white
+    rgb = ndi.gaussian_filter(rgb, (*(rng.uniform(0, 1.2),) * 2, 0))
+    rgb += rng.normal(0, rng.uniform(0.003, 0.03), rgb.shape).astype(np.float32)
+    rgb = np.clip(rgb, 0, 1)
+    if rng.random() < 0.6:
+        return np.round(rgb * 255).astype(np.uint8)
+    return rgb.astype(np.float32)
 
 
 def _colourize(rng, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
