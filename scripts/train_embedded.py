@@ -37,6 +37,16 @@ the model to 512 px, the shipped weights' position tables resized by
         --init-from-shipped --image-size 512 --steps 1800 --warmup 100 --bank 3000 \
         --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1128 \
         --correction-rounds 3 --closeups 0.2
+
+Run 7 continued at 512 px on new scenes; planned for 2,000 steps, it was stopped
+after the checkpoint of step 1,800 (both decays done) and that checkpoint exported:
+
+    .venv/bin/python scripts/train_embedded.py --out build/embedded7/vit_tiny.pth \
+        --init-from-shipped --image-size 512 --steps 2000 --warmup 100 --bank 3000 \
+        --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1129 \
+        --correction-rounds 3 --closeups 0.2
+
+``--tissue SHARE`` adds stained-tissue scenes (no shipped run has used it yet).
 """
 
 from __future__ import annotations
