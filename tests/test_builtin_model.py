@@ -19,11 +19,12 @@ from src_core.synthetic import make_nuclei_2d
 from src_core.train.evaluate import interior_point
 
 WEIGHTS = Path(src_core.__file__).resolve().parent / "weights" / "sam_vit_tiny.pth"
-# Floors well under the measured means on this sample (README, "The built-in model"),
-# far above what untrained or wrongly loaded weights give (about 0): they catch a
-# broken export, loader or preprocessing, not a quality regression of a few points.
-CLICK_FLOOR = 0.78
-BOX_FLOOR = 0.85
+# Floors about 8 points under the measured means on this sample (README, "The built-in
+# model": one click 0.84, a box 0.86) and far above what untrained or wrongly loaded
+# weights give (about 0): they catch a broken export, loader or preprocessing, not a
+# training run that trades a few points here for gains elsewhere.
+CLICK_FLOOR = 0.75
+BOX_FLOOR = 0.78
 
 
 def _iou(a, b) -> float:
