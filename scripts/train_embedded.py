@@ -46,7 +46,15 @@ after the checkpoint of step 1,800 (both decays done) and that checkpoint export
         --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1129 \
         --correction-rounds 3 --closeups 0.2
 
-``--tissue SHARE`` adds stained-tissue scenes (no shipped run has used it yet).
+Run 8 continued at 512 px on new scenes, a tenth of them stained tissue (``--tissue``:
+brightfield H&E and immunohistochemistry, nuclei as the objects); planned for 1,900
+steps, it was stopped after the checkpoint of step 1,700 (both decays done) and that
+checkpoint exported:
+
+    .venv/bin/python scripts/train_embedded.py --out build/embedded8/vit_tiny.pth \
+        --init-from-shipped --image-size 512 --steps 1900 --warmup 100 --bank 3000 \
+        --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1130 \
+        --correction-rounds 3 --closeups 0.2 --tissue 0.1
 """
 
 from __future__ import annotations
