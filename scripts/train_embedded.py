@@ -132,6 +132,13 @@ def main() -> int:
                         "position tables to it")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="time budget: time steps 10-40, then set --steps so that training ends "
+                        "within this many minutes (the schedule's decays move with it; the chosen "
+                        "number is printed, so the run can be repeated with --steps)")
+    parser.add_argument("--fp16-copy", type=Path, default=None,
+                        help="at every checkpoint and at the end, also write the float16 copy that "
+                        "ships (what --export writes) to this path")
     args = parser.parse_args()
     if args.scene_seed in (777, 778):
         parser.error("scene seeds 777 and 778 are the held-out evaluation scenes")
@@ -141,6 +148,10 @@ def main() -> int:
         parser.error("--tissue is a share of the scenes, 0 to 1")
     if args.correction_rounds < 0:
         parser.error("--correction-rounds must be 0 or more")
+    if args.minutes is not None and (args.minutes <= 0 or args.resume):
+        parser.error("--minutes must be positive, and cannot be combined with --resume")
+    if args.minutes is not None and args.warmup <= 40:
+        parser.error("--minutes times steps 10-40, inside the warm-up: give --warmup above 40")
     if args.image_size % 16 or args.image_size < 64:
         parser.error("--image-size must be a multiple of 16, at least 64")
     torch.set_num_threads(args.threads)
@@ -172,17 +183,35 @@ def main() -> int:
         source = SceneStream(args.scene_seed, size=256, closeups=args.closeups, tissue=args.tissue)
     from src_core.device import resolve_device
 
-    model.to(resolve_device(None if args.device == "auto" else args.device))
+    device = resolve_device(None if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the float32 parts (losses, upsampling)
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
     trainer = Trainer(model, source, CONFIG, output=args.out)
     if args.resume:
         trainer.resume()
     start, window = time.time(), []
+    timed_from = None
     for record in trainer.run():
         window.append(record["loss"])
-        if record["step"] % 20 == 0:
+        step = record["step"]
+        if args.minutes is not None and step == 10:
+            timed_from = time.time()
+        if args.minutes is not None and step == 40:
+            per_step = (time.time() - timed_from) / 30
+            left = args.minutes * 60 - (time.time() - start)
+            # 5% spare for checkpoints and the slower steps of the schedule's end
+            CONFIG.steps = max(41, 40 + int(0.95 * left / per_step))
+            print(f"{per_step:.3f} s per step: training for {CONFIG.steps} steps "
+                  f"(decays at {int(CONFIG.decay_at[0] * CONFIG.steps)} and "
+                  f"{int(CONFIG.decay_at[1] * CONFIG.steps)})", flush=True)
+        if args.fp16_copy is not None and (step % CONFIG.checkpoint_every == 0 or step == CONFIG.steps):
+            save_model(model, args.fp16_copy, dtype=torch.float16)
+        if step % 20 == 0:
             elapsed = time.time() - start
             print(
-                f"step {record['step']}/{CONFIG.steps} loss {sum(window) / len(window):.4f} "
+                f"step {step}/{CONFIG.steps} loss {sum(window) / len(window):.4f} "
                 f"iou {record['iou']:.3f} lr {record['lr']:.2e} elapsed {elapsed / 60:.1f} min",
                 flush=True,
             )
