@@ -55,6 +55,21 @@ checkpoint exported:
         --init-from-shipped --image-size 512 --steps 1900 --warmup 100 --bank 3000 \
         --lr 4e-4 --jitter 0.6 2.0 --jitter-probability 0.4 --scene-seed 1130 \
         --correction-rounds 3 --closeups 0.2 --tissue 0.1
+
+Runs 9 and 10 ran on an NVIDIA H200 (PyTorch 2.11, CUDA 13, float32 with TF32) within
+a 15-minute loan, so their steps were set by a time budget (``--minutes``; it printed
+1,152 and 591, which ``--steps`` repeats). Run 9, then its export, then run 10 from it,
+whose float16 copy is the shipped file:
+
+    python scripts/train_embedded.py --out /tmp/run9/vit_tiny.pth --init-from-shipped \
+        --image-size 512 --minutes 6.7 --warmup 100 --bank 6000 --lr 4e-4 --jitter 0.6 2.0 \
+        --jitter-probability 0.4 --scene-seed 1131 --correction-rounds 3 --closeups 0.2 \
+        --tissue 0.1 --threads 16 --device cuda
+    python scripts/train_embedded.py --out /tmp/run9/vit_tiny.pth --image-size 512 --export
+    python scripts/train_embedded.py --out /tmp/run10/vit_tiny.pth --init-from-shipped \
+        --image-size 512 --minutes 3.6 --warmup 60 --bank 6000 --lr 2e-4 --jitter 0.6 2.0 \
+        --jitter-probability 0.4 --scene-seed 1132 --correction-rounds 3 --closeups 0.2 \
+        --tissue 0.1 --threads 16 --device cuda --fp16-copy vit_tiny_fp16.pth
 """
 
 from __future__ import annotations
