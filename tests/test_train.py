@@ -502,9 +502,39 @@ def test_embedded_training_script_refuses_the_held_out_scenes():
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
     for flags, message in ((["--scene-seed", "777"], "held-out"), (["--correction-rounds", "-1"], "0 or more"),
                            (["--closeups", "1.5"], "share"), (["--image-size", "100"], "multiple of 16"),
-                           (["--tissue", "2"], "share")):
+                           (["--tissue", "2"], "share"), (["--minutes", "0"], "positive"),
+                           (["--minutes", "5", "--resume"], "--resume"),
+                           (["--minutes", "5", "--warmup", "30"], "warm-up")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_embedded_training_script_time_budget_and_float16_copy(tmp_path):
+    """``--minutes`` times steps 10-40 and fixes the number of steps from it; the run
+    then ends at that step, and ``--fp16-copy`` holds the float16 weights it shipped."""
+    import re
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_embedded.py"
+    out, copy = tmp_path / "run" / "vit_tiny.pth", tmp_path / "fp16.pth"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--init-from-shipped", "--image-size", "64",
+         "--minutes", "0.05", "--warmup", "50", "--threads", "2", "--fp16-copy", str(copy)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    chosen = re.search(r"training for (\d+) steps", done.stdout)
+    assert chosen, done.stdout
+    steps = int(chosen.group(1))
+    assert steps >= 41  # never fewer than the timed steps
+    state = torch.load(str(out) + ".state", map_location="cpu", weights_only=False)
+    assert state["step"] == steps and state["config"]["steps"] == steps
+    half = torch.load(copy, map_location="cpu")
+    full = torch.load(out, map_location="cpu")
+    assert set(half) == set(full)
+    floats = [k for k, v in full.items() if v.is_floating_point()]
+    assert floats and all(half[k].dtype == torch.float16 for k in floats)
+    for key in floats[:5]:
+        torch.testing.assert_close(half[key].float(), full[key], atol=1e-2, rtol=1e-2)
 
 
 def test_first_round_is_supervised_when_corrective_rounds_follow(monkeypatch):
