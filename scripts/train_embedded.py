@@ -148,9 +148,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="time budget: time steps 10-40, then set --steps so that training ends "
-                        "within this many minutes (the schedule's decays move with it; the chosen "
-                        "number is printed, so the run can be repeated with --steps)")
+                        help="time budget (overrides --steps): time steps 10-40, then set the "
+                        "steps so that training ends within this many minutes (the schedule's "
+                        "decays move with it; the number is printed, to repeat the run with --steps)")
     parser.add_argument("--fp16-copy", type=Path, default=None,
                         help="at every checkpoint and at the end, also write the float16 copy that "
                         "ships (what --export writes) to this path")
