@@ -147,6 +147,11 @@ def main() -> int:
                         "position tables to it")
     parser.add_argument("--device", default="cpu", help="cpu (the shipped model's), cuda, mps or auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs, slow on CPUs without AMX)")
+    parser.add_argument("--data-workers", type=int, default=None,
+                        help="prepare each step's batch in this many DataLoader worker processes, "
+                        "corrective clicks on the device (for GPUs; a batch then depends only on "
+                        "the seed and the step); default: in the training process, the stream of runs 1-11")
+    parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size, help="images per step")
     parser.add_argument("--minutes", type=float, default=None,
                         help="time budget (overrides --steps): time steps 10-40, then set the "
                         "steps so that training ends within this many minutes (the schedule's "
@@ -167,6 +172,10 @@ def main() -> int:
         parser.error("--minutes must be positive, and cannot be combined with --resume")
     if args.minutes is not None and args.warmup <= 40:
         parser.error("--minutes times steps 10-40, inside the warm-up: give --warmup above 40")
+    if args.data_workers is not None and args.data_workers < 0:
+        parser.error("--data-workers must be 0 or more")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.image_size % 16 or args.image_size < 64:
         parser.error("--image-size must be a multiple of 16, at least 64")
     torch.set_num_threads(args.threads)
@@ -184,6 +193,7 @@ def main() -> int:
     CONFIG.jitter_probability = args.jitter_probability
     CONFIG.correction_rounds = args.correction_rounds
     CONFIG.supervise_first_round = not args.last_round_only
+    CONFIG.data_workers, CONFIG.batch_size = args.data_workers, args.batch_size
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 

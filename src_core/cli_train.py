@@ -75,6 +75,10 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on GPUs and on CPUs with AMX; on other CPUs "
                    "it can be several times slower than float32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="prepare each step's images and prompts in this many worker processes, ahead "
+                   "of the model (for GPUs; each step's batch then depends only on --seed and the step, "
+                   "so any number of workers gives the same run); default: in the training process")
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
                    help="write OUTPUT and OUTPUT.state every this many steps (and at the end)")
     p.set_defaults(func=_cmd_train)
@@ -116,6 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name in ("steps", "batch_size", "masks_per_image"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if not 0 < args.lr < 1:
         raise UsageError(f"--lr must be between 0 and 1, got {args.lr}")
     try:
@@ -128,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             jitter=(0.1, 2.0) if args.jitter else None, train_encoder=not args.freeze_encoder,
             correction_rounds=args.correction_rounds, supervise_first_round=not args.last_round_only,
             seed=args.seed, bf16=args.bf16,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, data_workers=args.workers,
         )
         trainer = Trainer(model, source, config, output=args.output)
         if args.resume:

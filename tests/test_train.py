@@ -24,8 +24,14 @@ from src_core.train.data import (
 )
 from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
 from src_core.train.scenes import ALL_KINDS, SCENE_KINDS, make_scene
-from src_core.train.simulate import corrective_points, focal_dice_iou_loss, sample_boxes, sample_points
-from src_core.train.trainer import TrainConfig, Trainer, TrainingDiverged, parameter_groups
+from src_core.train.simulate import (
+    corrective_points,
+    corrective_points_torch,
+    focal_dice_iou_loss,
+    sample_boxes,
+    sample_points,
+)
+from src_core.train.trainer import TrainConfig, Trainer, TrainingDiverged, parameter_groups, prepare_step
 
 # a very small SAM (same architecture) so that steps take a fraction of a second
 SMALL = SamConfig(64, 2, 2, (1,), image_size=128, patch_size=16, window_size=4)
@@ -271,6 +277,36 @@ def test_prompts_come_from_the_ground_truth():
     assert error[int(coords[1, 0, 1]), int(coords[1, 0, 0])] and labels[1, 0] == 0
 
 
+def test_corrective_clicks_in_torch_follow_the_same_rule():
+    masks = torch.zeros(3, 64, 48, dtype=torch.bool)
+    masks[0, 10:20, 30:46] = True
+    masks[1, 40:60, 5:15] = True
+    masks[2, 5:9, 5:9] = True
+    predicted = masks.clone()
+    predicted[0, 10:20, 40:46] = False  # missed the right part
+    predicted[1, 0:5, 0:5] = True  # included something outside
+    generator = torch.Generator().manual_seed(0)
+    coords, labels = corrective_points_torch(predicted, masks, generator)
+    assert coords.shape == (3, 1, 2) and labels.shape == (3, 1)
+    x, y = coords[0, 0].tolist()
+    assert 40 <= x < 46 and 10 <= y < 20 and labels[0, 0] == 1
+    x, y = coords[1, 0].tolist()
+    assert x < 5 and y < 5 and labels[1, 0] == 0
+    x, y = coords[2, 0].tolist()  # perfect prediction: a positive click inside the object
+    assert 5 <= x < 9 and 5 <= y < 9 and labels[2, 0] == 1
+    # the same seed gives the same clicks; the click is uniform over the error region
+    again, _ = corrective_points_torch(predicted, masks, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, coords)
+    truth = torch.zeros(2000, 8, 8, dtype=torch.bool)
+    truth[:, 2:4, 2:4] = True
+    coords, labels = corrective_points_torch(torch.zeros_like(truth), truth, generator)
+    cells = ((coords[:, 0, 1] - 2.5) * 2 + (coords[:, 0, 0] - 2.5)).long()
+    counts = torch.bincount(cells, minlength=4)
+    assert len(counts) == 4 and counts.min() > 400 and bool(labels.all()), counts
+    with pytest.raises(ValueError, match="must be equal"):
+        corrective_points_torch(predicted[:2], masks)
+
+
 def test_loss_prefers_the_truth_and_trains_only_the_best_candidate():
     truth = torch.zeros(1, 32, 32, dtype=torch.bool)
     truth[0, 8:24, 8:24] = True
@@ -361,6 +397,48 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     resumed.train()
     for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_step_seeded_batches_are_the_same_for_any_number_of_workers(tmp_path):
+    """With ``data_workers`` set, a step's batch depends on (seed, step) only: one run
+    in this process and one with two DataLoader workers train the same weights, a
+    resumed run continues exactly, and the batches differ from step to step."""
+    pair = ArrayPairs(*nuclei_pair(seed=4))
+    config = dict(steps=4, batch_size=2, masks_per_image=3, lr=5e-4, warmup=2, drop_path=0.1, seed=11,
+                  correction_rounds=2, box_probability=0.5, checkpoint_every=2)
+    a = prepare_step(pair, TrainConfig(**config), 128, 0)
+    b = prepare_step(pair, TrainConfig(**config), 128, 0)
+    c = prepare_step(pair, TrainConfig(**config), 128, 1)
+    assert len(a) == 2 and all(p.sample.masks.shape[1:] == (128, 128) for p in a)
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.sample.image, q.sample.image)
+        np.testing.assert_array_equal(p.prompts, q.prompts)
+        assert (p.use_box, p.rounds, p.click_seed) == (q.use_box, q.rounds, q.click_seed)
+    assert [p.click_seed for p in a] != [p.click_seed for p in c]
+    for p in a:
+        assert p.prompts.shape == ((len(p.sample.masks), 4) if p.use_box else (len(p.sample.masks), 1, 2))
+
+    in_process = small_model()
+    records = list(Trainer(in_process, pair, TrainConfig(**config, data_workers=0)).run())
+    assert len(records) == 4 and all(np.isfinite(r["loss"]) for r in records)
+    two_workers = small_model()
+    out = tmp_path / "model.pth"
+    run = Trainer(two_workers, pair, TrainConfig(**config, data_workers=2), output=out).run()
+    for _ in range(3):  # interrupted after step 3; the last save was at step 2
+        next(run)
+    run.close()
+    resumed = Trainer(small_model(seed=5), pair, TrainConfig(**config, data_workers=2), output=out)
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.train()
+    for (name, x), y in zip(in_process.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name)
+    legacy = small_model()
+    Trainer(legacy, pair, TrainConfig(**config)).train()  # the trainer's own stream: other batches
+    assert any(not torch.equal(x, y) for x, y in zip(legacy.state_dict().values(), in_process.state_dict().values()))
+    for bad, message in ((dict(data_workers=-1), "data_workers"), (dict(data_workers=1, prefetch=0), "prefetch")):
+        with pytest.raises(ValueError, match=message):
+            Trainer(small_model(), pair, TrainConfig(**config, **bad))
 
 
 def test_checkpoint_is_in_the_official_layout(tmp_path):
@@ -504,7 +582,8 @@ def test_embedded_training_script_refuses_the_held_out_scenes():
                            (["--closeups", "1.5"], "share"), (["--image-size", "100"], "multiple of 16"),
                            (["--tissue", "2"], "share"), (["--minutes", "0"], "positive"),
                            (["--minutes", "5", "--resume"], "--resume"),
-                           (["--minutes", "5", "--warmup", "30"], "warm-up")):
+                           (["--minutes", "5", "--warmup", "30"], "warm-up"),
+                           (["--data-workers", "-1"], "--data-workers"), (["--batch-size", "0"], "--batch-size")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
@@ -590,9 +669,12 @@ def test_train_command_end_to_end(tmp_path, capsys):
     assert set(tuned) == set(shipped)
     assert any(not torch.equal(tuned[k], shipped[k].to(tuned[k].dtype)) for k in tuned)
     assert torch.load(f"{out}.state", weights_only=False)["step"] == 2
-    assert main(["train", str(data), "-o", str(out), "--steps", "3", "--resume", *common]) == 0
+    # resumed with the batches prepared in a DataLoader worker process
+    assert main(["train", str(data), "-o", str(out), "--steps", "3", "--resume", "--workers", "1", *common]) == 0
     assert torch.load(f"{out}.state", weights_only=False)["step"] == 3
     capsys.readouterr()
+    assert main(["train", str(data), "-o", str(tmp_path / "x.pth"), "--workers", "-1", *common]) == 2
+    assert "--workers" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -602,5 +684,13 @@ def test_train_command_end_to_end(tmp_path, capsys):
     before = out.read_bytes()
     assert main(["train", str(data), "-o", str(out), "--steps", "2", *common]) == 2
     assert "img1" in capsys.readouterr().err
+    # a bad file read in a worker process is named too (a seed whose first batch reads it)
+    seed = next(s for s in range(100) if np.random.default_rng([s, 0]).integers(2) == 1)
+    worker_out = tmp_path / "w.pth"
+    assert main(["train", str(data), "-o", str(worker_out), "--steps", "2", "--workers", "1", "--seed", str(seed),
+                 *common]) == 2
+    err = capsys.readouterr().err
+    assert "img1" in err and "labels must be" in err and "Traceback" not in err
+    assert not worker_out.exists()
     assert out.read_bytes() == before  # the good checkpoint is kept
     assert not (tmp_path / "x.pth").exists()

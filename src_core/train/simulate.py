@@ -11,7 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sample_boxes", "sample_points", "corrective_points", "focal_dice_iou_loss", "mask_iou"]
+__all__ = [
+    "sample_boxes",
+    "sample_points",
+    "corrective_points",
+    "corrective_points_torch",
+    "focal_dice_iou_loss",
+    "mask_iou",
+]
 
 
 def sample_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -57,6 +64,30 @@ def corrective_points(
         k = rng.integers(len(ys))
         coords[i, 0] = (xs[k] + 0.5, ys[k] + 0.5)
         labels[i, 0] = float(gt[ys[k], xs[k]])
+    return coords, labels
+
+
+def corrective_points_torch(
+    predicted: torch.Tensor, truth: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`corrective_points` in torch, on the device the (M, H, W) bool masks are on.
+
+    The same rule (a click uniform over each mask's error region, positive on a missed
+    pixel and negative on a wrongly included one; inside the object when the
+    prediction is perfect), drawn as the arg-max of uniform random keys over the
+    region, so the masks never leave a GPU. Returns (M, 1, 2) x, y and (M, 1) labels.
+    """
+    if predicted.shape != truth.shape or truth.ndim != 3:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and truth {tuple(truth.shape)} must be equal (M, H, W)")
+    error = predicted != truth
+    perfect = ~error.flatten(1).any(1)
+    region = torch.where(perfect[:, None, None], truth, error)
+    keys = torch.rand(region.shape, generator=generator, device=region.device)
+    keys.masked_fill_(~region, -1.0)
+    index = keys.flatten(1).argmax(1)
+    width = truth.shape[-1]
+    coords = torch.stack([index % width, index // width], -1).float().add_(0.5)[:, None]
+    labels = truth.flatten(1).gather(1, index[:, None]).float()
     return coords, labels
 
 

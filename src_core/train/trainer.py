@@ -16,6 +16,7 @@ renamed into place, so an interrupted save never replaces a good file.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -29,9 +30,16 @@ import torch.nn.functional as F
 
 from ..model.sam import Sam
 from .data import TrainingSample, prepare_sample
-from .simulate import corrective_points, focal_dice_iou_loss, mask_iou, sample_boxes, sample_points
+from .simulate import (
+    corrective_points,
+    corrective_points_torch,
+    focal_dice_iou_loss,
+    mask_iou,
+    sample_boxes,
+    sample_points,
+)
 
-__all__ = ["TrainConfig", "TrainingDiverged", "Trainer", "save_model"]
+__all__ = ["PreparedSample", "TrainConfig", "TrainingDiverged", "Trainer", "prepare_step", "save_model"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,6 +74,16 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     checkpoint_every: int = 500
+    #: where each step's samples come from. None: drawn in the training process from
+    #: the trainer's one random stream, prompts and corrective clicks included (runs 1
+    #: to 11 of the built-in model). 0 or more: each step's batch and its first prompts
+    #: are drawn from a stream seeded by (seed, step) by torch's DataLoader, in that
+    #: many worker processes (0: in this one) a few steps ahead, and the corrective
+    #: clicks are drawn with torch on the model's device. The result is the same for
+    #: any number of workers; workers keep a GPU fed while the CPU prepares images.
+    data_workers: int | None = None
+    #: batches each worker prepares ahead (with data_workers > 0)
+    prefetch: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def lr_at(self, step: int) -> float:
@@ -121,6 +139,10 @@ class Trainer:
             raise ValueError(f"jitter_probability is a share of the samples, 0 to 1; got {config.jitter_probability}")
         if config.correction_rounds < 0:
             raise ValueError(f"correction_rounds is a number of rounds, 0 or more; got {config.correction_rounds}")
+        if config.data_workers is not None and config.data_workers < 0:
+            raise ValueError(f"data_workers is a number of processes, 0 or more (or None); got {config.data_workers}")
+        if config.prefetch < 1:
+            raise ValueError(f"prefetch is a number of batches, 1 or more; got {config.prefetch}")
         self.model, self.source, self.config = model, source, config
         self.output = Path(output) if output is not None else None
         self.step = 0
@@ -185,45 +207,56 @@ class Trainer:
         """Yield ``{"step", "loss", "lr", "iou"}`` after every step; saves every
         ``checkpoint_every`` steps and at the end."""
         self.model.train()
+        batches = self._step_batches() if self.config.data_workers is not None else None
         try:
             while self.step < self.config.steps:
-                record = self.train_step()
+                record = self.train_step(next(batches) if batches is not None else None)
                 self.step += 1
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self.save()
                 yield record
         finally:
             self.model.eval()
+            if batches is not None:
+                del batches  # shuts the workers down
+
+    def _step_batches(self) -> Iterator[list[PreparedSample]]:
+        """The prepared batches of steps ``self.step``, ``self.step + 1``, ... (endless:
+        a time budget may still change ``config.steps``), from torch's DataLoader."""
+        from torch.utils.data import DataLoader
+
+        workers = self.config.data_workers or 0
+        loader = DataLoader(
+            _StepBatches(self.source, self.config, self.model.image_encoder.img_size),
+            batch_size=None,
+            sampler=itertools.count(self.step),
+            num_workers=workers,
+            collate_fn=_as_is,
+            prefetch_factor=self.config.prefetch if workers else None,
+            # its own generator: the loader's draw of worker seeds must not move the
+            # global torch stream (drop path), or a resumed run would differ
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+        for batch in loader:
+            if isinstance(batch, _Failure):
+                raise batch.error  # a bad file's own message, not the worker's traceback
+            yield batch
 
     def _next_samples(self) -> list[TrainingSample]:
-        samples: list[TrainingSample] = []
-        tries = 0
-        while len(samples) < self.config.batch_size:
-            tries += 1
-            if tries > 20 * self.config.batch_size:
-                raise ValueError(
-                    "no usable masks in the training data: every mask was empty or covered "
-                    f"more than {self.config.max_area_fraction:.0%} of its image"
-                )
-            image, labels = self.source[int(self.rng.integers(len(self.source)))]
-            jitter = self.config.jitter
-            if jitter is not None and self.config.jitter_probability < 1.0:
-                jitter = jitter if self.rng.random() < self.config.jitter_probability else None
-            sample = prepare_sample(
-                image, labels, self.model.image_encoder.img_size, self.rng,
-                self.config.masks_per_image, self.config.max_area_fraction, jitter,
-            )
-            if sample is not None:
-                samples.append(sample)
-        return samples
+        return draw_samples(self.source, self.config, self.model.image_encoder.img_size, self.rng)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step on ``batch_size`` images; returns the loss and lr."""
+    def train_step(self, prepared: list[PreparedSample] | None = None) -> dict[str, float]:
+        """One optimizer step on ``batch_size`` images; returns the loss and lr.
+
+        ``prepared`` is the step's batch from :func:`prepare_step`; without it the
+        samples and prompts are drawn from the trainer's random stream.
+        """
         config = self.config
         lr = config.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        samples = self._next_samples()
+        samples = [p.sample for p in prepared] if prepared is not None else self._next_samples()
+        plans = prepared if prepared is not None else [None] * len(samples)
         device = self.model.device
         images = torch.from_numpy(np.stack([s.image for s in samples])).to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
@@ -231,8 +264,8 @@ class Trainer:
             embeddings = self.model.image_encoder(self.model.preprocess(images)).float()
         total, ious = 0.0, []
         loss_sum = torch.zeros((), device=device)
-        for embedding, sample in zip(embeddings, samples):
-            loss, iou = self._simulate(embedding[None], sample, autocast)
+        for embedding, sample, plan in zip(embeddings, samples, plans):
+            loss, iou = self._simulate(embedding[None], sample, autocast, plan)
             loss_sum = loss_sum + loss
             ious.append(float(iou))
         loss_sum = loss_sum / len(samples)
@@ -261,7 +294,7 @@ class Trainer:
         )
         return low_res, iou
 
-    def _simulate(self, embedding, sample: TrainingSample, autocast):
+    def _simulate(self, embedding, sample: TrainingSample, autocast, plan: PreparedSample | None = None):
         """Interactive rounds on one image; the loss is on the last one (and the first).
 
         The rounds before it (0 to ``correction_rounds``, at random) produce the
@@ -270,21 +303,32 @@ class Trainer:
         averaged with the last round's, so the initial prompt (a lone click gives
         three candidate masks and their predicted IoUs) is trained in every sample.
         That keeps the cost of a step at one or two decodings with gradient per mask.
+
+        With a ``plan`` (from :func:`prepare_step`) the first prompt and the number of
+        rounds come from it and the corrective clicks are drawn on the device.
         """
         config, rng = self.config, self.rng
         device = embedding.device
         size = self.model.image_encoder.img_size
         truth_np = sample.masks
-        truth = torch.from_numpy(truth_np).to(device)
-        use_box = rng.random() < config.box_probability
-        boxes = torch.from_numpy(sample_boxes(truth_np, rng)).to(device) if use_box else None
+        truth = torch.as_tensor(truth_np).to(device, non_blocking=True)
+        generator = None
+        if plan is None:
+            use_box = rng.random() < config.box_probability
+            first = sample_boxes(truth_np, rng) if use_box else sample_points(truth_np, rng)
+            rounds = int(rng.integers(0, config.correction_rounds + 1))
+        else:
+            use_box, first, rounds = plan.use_box, plan.prompts, plan.rounds
+            generator = torch.Generator(device=device)
+            generator.manual_seed(plan.click_seed)
+        first_t = torch.as_tensor(first).to(device)
+        boxes = first_t if use_box else None
         coords = labels = None
         if not use_box:
-            coords = torch.from_numpy(sample_points(truth_np, rng)).to(device)
+            coords = first_t
             labels = torch.ones(coords.shape[:2], device=device)
         mask_input = None
         first_loss = None
-        rounds = int(rng.integers(0, config.correction_rounds + 1))
         for index in range(rounds):
             multimask = coords is not None and coords.shape[1] == 1 and boxes is None
             supervised = index == 0 and config.supervise_first_round
@@ -298,10 +342,13 @@ class Trainer:
             actual = mask_iou(up, truth[:, None].expand_as(up))
             best = actual.argmax(1)
             chosen = low_res[torch.arange(len(best)), best][:, None]
-            pred = (up[torch.arange(len(best)), best] > 0).cpu().numpy()
-            new_xy, new_labels = corrective_points(pred, truth_np, rng)
-            new_xy_t = torch.from_numpy(new_xy).to(device)
-            new_labels_t = torch.from_numpy(new_labels).to(device)
+            pred = up[torch.arange(len(best)), best] > 0
+            if plan is None:
+                new_xy, new_labels = corrective_points(pred.cpu().numpy(), truth_np, rng)
+                new_xy_t = torch.from_numpy(new_xy).to(device)
+                new_labels_t = torch.from_numpy(new_labels).to(device)
+            else:
+                new_xy_t, new_labels_t = corrective_points_torch(pred, truth, generator)
             coords = new_xy_t if coords is None else torch.cat([coords, new_xy_t], 1)
             labels = new_labels_t if labels is None else torch.cat([labels, new_labels_t], 1)
             mask_input = chosen.detach()
@@ -313,6 +360,76 @@ class Trainer:
         if first_loss is not None:
             loss = (first_loss + loss) / 2
         return loss, actual.max(1).values.mean()
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample with its first prompt: ``prompts`` is (M, 4) boxes when ``use_box``,
+    else (M, 1, 2) points; ``rounds`` corrective rounds; ``click_seed`` seeds them."""
+
+    sample: TrainingSample
+    use_box: bool
+    prompts: np.ndarray
+    rounds: int
+    click_seed: int
+
+
+def draw_samples(source: Any, config: TrainConfig, input_size: int, rng: np.random.Generator) -> list[TrainingSample]:
+    """``config.batch_size`` samples drawn from ``source`` with ``rng``."""
+    samples: list[TrainingSample] = []
+    tries = 0
+    while len(samples) < config.batch_size:
+        tries += 1
+        if tries > 20 * config.batch_size:
+            raise ValueError(
+                "no usable masks in the training data: every mask was empty or covered "
+                f"more than {config.max_area_fraction:.0%} of its image"
+            )
+        image, labels = source[int(rng.integers(len(source)))]
+        jitter = config.jitter
+        if jitter is not None and config.jitter_probability < 1.0:
+            jitter = jitter if rng.random() < config.jitter_probability else None
+        sample = prepare_sample(
+            image, labels, input_size, rng, config.masks_per_image, config.max_area_fraction, jitter
+        )
+        if sample is not None:
+            samples.append(sample)
+    return samples
+
+
+def prepare_step(source: Any, config: TrainConfig, input_size: int, step: int) -> list[PreparedSample]:
+    """Step ``step``'s batch and first prompts, from a random stream seeded by
+    ``(config.seed, step)`` alone: any process can make it, in any order."""
+    rng = np.random.default_rng([config.seed, step])
+    prepared = []
+    for sample in draw_samples(source, config, input_size, rng):
+        use_box = bool(rng.random() < config.box_probability)
+        prompts = sample_boxes(sample.masks, rng) if use_box else sample_points(sample.masks, rng)
+        rounds = int(rng.integers(0, config.correction_rounds + 1))
+        prepared.append(PreparedSample(sample, use_box, prompts, rounds, int(rng.integers(2**62))))
+    return prepared
+
+
+class _StepBatches:
+    """Map-style dataset for DataLoader: item ``step`` is :func:`prepare_step`'s batch."""
+
+    def __init__(self, source: Any, config: TrainConfig, input_size: int) -> None:
+        self.source, self.config, self.input_size = source, config, input_size
+
+    def __getitem__(self, step: int) -> list[PreparedSample] | _Failure:
+        try:
+            return prepare_step(self.source, self.config, self.input_size, step)
+        except Exception as exc:  # handed to the training process, raised there as it is
+            return _Failure(exc)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: Exception
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
