@@ -70,6 +70,12 @@ whose float16 copy is the shipped file:
         --image-size 512 --minutes 3.6 --warmup 60 --bank 6000 --lr 2e-4 --jitter 0.6 2.0 \
         --jitter-probability 0.4 --scene-seed 1132 --correction-rounds 3 --closeups 0.2 \
         --tissue 0.1 --threads 16 --device cuda --fp16-copy vit_tiny_fp16.pth
+
+Runs 1-10 prepared their batches in the training process. On a GPU, add
+``--data-workers N`` (N a few less than the cores; ``--threads`` then 2-4) and a
+larger ``--batch-size``: DataLoader workers prepare the batches ahead and the
+corrective clicks are drawn on the GPU (a different random stream from runs 1-10,
+seeded by the seed and step).
 """
 
 from __future__ import annotations
