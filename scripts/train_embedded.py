@@ -169,6 +169,9 @@ def main() -> int:
                         help="prepare each step's batch in this many DataLoader worker processes, "
                         "corrective clicks on the device (for GPUs; a batch then depends only on "
                         "the seed and the step); default: in the training process, the stream of runs 1-11")
+    parser.add_argument("--loss-size", type=int, default=None,
+                        help="compute the losses at this side (the input size divided by a whole number, "
+                        "e.g. 256 for the 512-px input); default: the input size")
     parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size, help="images per step")
     parser.add_argument("--minutes", type=float, default=None,
                         help="time budget (overrides --steps): time steps 10-40, then set the "
@@ -194,6 +197,8 @@ def main() -> int:
         parser.error("--data-workers must be 0 or more")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.loss_size is not None and (args.loss_size < 1 or args.image_size % args.loss_size):
+        parser.error(f"--loss-size must divide --image-size ({args.image_size}), e.g. {args.image_size // 2}")
     if args.image_size % 16 or args.image_size < 64:
         parser.error("--image-size must be a multiple of 16, at least 64")
     torch.set_num_threads(args.threads)
@@ -212,6 +217,7 @@ def main() -> int:
     CONFIG.correction_rounds = args.correction_rounds
     CONFIG.supervise_first_round = not args.last_round_only
     CONFIG.data_workers, CONFIG.batch_size = args.data_workers, args.batch_size
+    CONFIG.loss_size = args.loss_size
     if args.init_from_shipped:
         from src_core.checkpoints import load_state_dict
 

@@ -583,7 +583,8 @@ def test_embedded_training_script_refuses_the_held_out_scenes():
                            (["--tissue", "2"], "share"), (["--minutes", "0"], "positive"),
                            (["--minutes", "5", "--resume"], "--resume"),
                            (["--minutes", "5", "--warmup", "30"], "warm-up"),
-                           (["--data-workers", "-1"], "--data-workers"), (["--batch-size", "0"], "--batch-size")):
+                           (["--data-workers", "-1"], "--data-workers"), (["--batch-size", "0"], "--batch-size"),
+                           (["--loss-size", "300"], "--loss-size")):
         done = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
@@ -643,6 +644,69 @@ def test_first_round_is_supervised_when_corrective_rounds_follow(monkeypatch):
     assert all(c in ([True], [True, True]) for c in supervised), supervised
     assert [True, True] in supervised  # 3 of 4 samples have corrective rounds
     assert losses_per_step(False) == [[True]] * 4
+
+
+def test_losses_at_a_smaller_side_are_close_and_still_train(monkeypatch):
+    """``loss_size`` computes the losses at a fraction of the input: on the same
+    sample and prompts the loss is close to the full-size one, the masks it is
+    computed against are the truth downsampled by area, corrective clicks still come
+    from the full-size prediction, and a short run lowers the full-size loss."""
+    pair = nuclei_pair(seed=5)
+    shapes = []
+    real = trainer_module.focal_dice_iou_loss
+
+    def recording(logits, truth, *args, **kwargs):
+        shapes.append((tuple(logits.shape[-2:]), tuple(truth.shape[-2:])))
+        return real(logits, truth, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "focal_dice_iou_loss", recording)
+
+    def loss_with(loss_size, rounds=0):
+        model = small_model()
+        model.eval()
+        config = TrainConfig(batch_size=1, masks_per_image=8, correction_rounds=rounds, box_probability=1.0,
+                             drop_path=0.0, seed=123, loss_size=loss_size)
+        trainer = Trainer(model, ArrayPairs(*pair), config)
+        with torch.no_grad():
+            sample = trainer._next_samples()[0]
+            embedding = model.image_encoder(model.preprocess(torch.from_numpy(sample.image[None])))
+            loss, iou = trainer._simulate(embedding, sample, torch.autocast("cpu", enabled=False))
+        return float(loss), float(iou), sample
+
+    full, full_iou, sample = loss_with(None)
+    assert shapes == [((128, 128), (128, 128))]
+    shapes.clear()
+    half, half_iou, _ = loss_with(64)
+    assert shapes == [((64, 64), (64, 64))]
+    assert half == pytest.approx(full, rel=0.1) and half_iou == pytest.approx(full_iou, abs=0.05)
+    # the downsampled truth is each mask's area, halved per side
+    truth = torch.as_tensor(sample.masks)
+    small = torch.nn.functional.interpolate(truth[None].float(), (64, 64), mode="area")[0] >= 0.5
+    assert np.allclose(small.flatten(1).sum(1).numpy() * 4, truth.flatten(1).sum(1).numpy(), rtol=0.2)
+
+    clicks = []
+    real_clicks = trainer_module.corrective_points
+
+    def recording_clicks(pred, truth, rng):
+        clicks.append(pred.shape)
+        return real_clicks(pred, truth, rng)
+
+    monkeypatch.setattr(trainer_module, "corrective_points", recording_clicks)
+    shapes.clear()
+    loss_with(64, rounds=3)
+    assert clicks and all(shape[-2:] == (128, 128) for shape in clicks)
+    assert all(s == ((64, 64), (64, 64)) for s in shapes)
+
+    model = small_model()
+    before = _fixed_batch_loss(model, pair)
+    config = TrainConfig(steps=25, batch_size=1, masks_per_image=8, lr=1e-3, warmup=2, drop_path=0.0,
+                         layer_decay=1.0, seed=1, loss_size=64)
+    losses = Trainer(model, ArrayPairs(*pair), config).train()
+    assert len(losses) == 25 and all(np.isfinite(losses))
+    assert _fixed_batch_loss(model, pair) < 0.7 * before
+
+    with pytest.raises(ValueError, match="loss_size must divide"):
+        Trainer(small_model(), ArrayPairs(*pair), TrainConfig(loss_size=100))
 
 
 def test_train_command_end_to_end(tmp_path, capsys):

@@ -84,6 +84,13 @@ class TrainConfig:
     data_workers: int | None = None
     #: batches each worker prepares ahead (with data_workers > 0)
     prefetch: int = 2
+    #: side of the square the losses and the IoU targets are computed at. None: the
+    #: model's input size (runs 1-11 of the built-in model). Smaller (the input size
+    #: divided by a whole number) upsamples the logits less and downsamples the truth
+    #: by area (a pixel is in an object when at least half its area is): the
+    #: full-resolution loss is most of a CPU step's time, and at half the side it
+    #: costs a quarter. Corrective clicks are still drawn at the input size.
+    loss_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def lr_at(self, step: int) -> float:
@@ -143,6 +150,12 @@ class Trainer:
             raise ValueError(f"data_workers is a number of processes, 0 or more (or None); got {config.data_workers}")
         if config.prefetch < 1:
             raise ValueError(f"prefetch is a number of batches, 1 or more; got {config.prefetch}")
+        if config.loss_size is not None:
+            side = model.image_encoder.img_size
+            if config.loss_size < 1 or side % config.loss_size:
+                raise ValueError(
+                    f"loss_size must divide the model's {side}-px input (e.g. {side // 2}); got {config.loss_size}"
+                )
         self.model, self.source, self.config = model, source, config
         self.output = Path(output) if output is not None else None
         self.step = 0
@@ -312,6 +325,10 @@ class Trainer:
         size = self.model.image_encoder.img_size
         truth_np = sample.masks
         truth = torch.as_tensor(truth_np).to(device, non_blocking=True)
+        loss_size = config.loss_size or size
+        truth_loss = truth
+        if loss_size != size:
+            truth_loss = F.interpolate(truth[None].float(), (loss_size, loss_size), mode="area")[0] >= 0.5
         generator = None
         if plan is None:
             use_box = rng.random() < config.box_probability
@@ -334,15 +351,18 @@ class Trainer:
             supervised = index == 0 and config.supervise_first_round
             with torch.set_grad_enabled(supervised), autocast:
                 low_res, iou = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
-            up = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+            up = F.interpolate(low_res.float(), (loss_size, loss_size), mode="bilinear", align_corners=False)
             if supervised:
-                first_loss, _ = focal_dice_iou_loss(up, truth, iou.float())
+                first_loss, _ = focal_dice_iou_loss(up, truth_loss, iou.float())
             low_res, up = low_res.detach().float(), up.detach()
             # carry on from the candidate closest to the truth
-            actual = mask_iou(up, truth[:, None].expand_as(up))
+            actual = mask_iou(up, truth_loss[:, None].expand_as(up))
             best = actual.argmax(1)
             chosen = low_res[torch.arange(len(best)), best][:, None]
-            pred = up[torch.arange(len(best)), best] > 0
+            if loss_size == size:
+                pred = up[torch.arange(len(best)), best] > 0
+            else:
+                pred = F.interpolate(chosen, (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
             if plan is None:
                 new_xy, new_labels = corrective_points(pred.cpu().numpy(), truth_np, rng)
                 new_xy_t = torch.from_numpy(new_xy).to(device)
@@ -355,8 +375,8 @@ class Trainer:
         multimask = coords is not None and coords.shape[1] == 1 and boxes is None
         with autocast:
             low_res, iou_pred = self._decode(embedding, coords, labels, boxes, mask_input, multimask)
-        logits = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
-        loss, actual = focal_dice_iou_loss(logits, truth, iou_pred.float())
+        logits = F.interpolate(low_res.float(), (loss_size, loss_size), mode="bilinear", align_corners=False)
+        loss, actual = focal_dice_iou_loss(logits, truth_loss, iou_pred.float())
         if first_loss is not None:
             loss = (first_loss + loss) / 2
         return loss, actual.max(1).values.mean()
