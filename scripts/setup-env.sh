@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create or refresh the project's virtualenv (.venv) and install napari-sam
+# Check the system libraries (scripts/system-deps.sh), then create or refresh
+# the project's virtualenv (.venv) and install napari-sam
 # into it in editable mode with its test and text extras (plus open_clip,
 # without its dependencies).
 #
@@ -12,6 +13,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# System libraries first (Qt's xcb plugin, OpenGL, Xvfb): installed where this
+# user can, else it stops here with the exact command to run.
+"$ROOT/scripts/system-deps.sh"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 STAMP="$VENV/.napari-sam-setup.stamp"
