@@ -1,23 +1,26 @@
 """``napari-sam track``: carry prompted objects through a video or a stack.
 
 ``napari-sam track VIDEO_OR_STACK --prompts prompts.json -o OUT/`` writes into
-OUT: ``labels.npy`` (T, H, W, written frame by frame), ``labels.tif`` (the
-same, at the end), ``table.csv`` (one row per frame and object, appended as
-frames are done), ``trajectories.csv`` (wide: frame, x1, y1, x2, y2, ...),
-``tracks.csv`` (napari Tracks data: track_id, t, y, x; ``tracks_graph.json``
-for divisions), ``overlay.mp4`` and ``progress.json``. Running the same
-command again resumes an interrupted run from the last frame done. The engine
-is :mod:`src_core.propagate`. Instead of ``--prompts``, ``--text TEXT --text-frame N``
-starts the tracking from the objects TEXT names on frame N (CLIP among SAM's
-masks: the optional ``napari-sam[text]`` extra), with ids 1, 2, ... best first.
+OUT, as frames are done: ``labels.zarr`` (T, H, W labels, one compressed chunk
+per frame: napari opens it lazily; ``src_core.propagate.open_labels`` reads
+it), ``table.csv`` (one row per frame and object, with the reason when an
+object is lost), ``tracks.csv`` (napari Tracks data: track_id, t, y, x) and
+``progress.json``; after the tracking, ``trajectories.csv`` (wide: frame, x1,
+y1, x2, y2, ...), ``overlay.mp4`` and, when asked for, ``labels.tif``
+(compressed BigTIFF, ``--tif``) and ``labels.npy`` (``--npy``). An export that
+fails says so and keeps the rest: ``--export-only`` (or the same command
+again) writes it again. Running the same command again resumes an interrupted
+run from the last frame done. The engine is :mod:`src_core.propagate`
+(:class:`~src_core.propagate.run.TrackingRun`). Instead of ``--prompts``,
+``--text TEXT --text-frame N`` starts the tracking from the objects TEXT names
+on frame N (CLIP among SAM's masks: the optional ``napari-sam[text]`` extra),
+with ids 1, 2, ... best first.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,8 +66,17 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading weights")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 or mps")
     p.add_argument("--dtype", default="auto", help="image encoder precision: auto, float32 or bfloat16")
+    p.add_argument("--lenient", action="store_true",
+                   help="keep the best mask unless it is empty or lies on another object (ignore SAM's "
+                   "predicted IoU, stability and area jumps): for objects lost at once; costs ID switches "
+                   "where objects touch")
     p.add_argument("--fps", type=float, default=15.0, help="frame rate of overlay.mp4 (default 15)")
     p.add_argument("--no-video", action="store_true", help="do not write overlay.mp4")
+    p.add_argument("--tif", action="store_true", help="also write labels.tif (a compressed BigTIFF)")
+    p.add_argument("--npy", action="store_true",
+                   help="also write labels.npy (every pixel, uncompressed: for readers of napari-sam 0.1)")
+    p.add_argument("--export-only", action="store_true",
+                   help="do not track: write the exports again from what OUT holds (after one failed)")
     p.add_argument("--overwrite", action="store_true", help="start again, discarding a previous run in OUT")
     from .cli_text import add_text_arguments
 
@@ -108,82 +120,23 @@ def open_frames(path: Path) -> Any:
     return frames
 
 
-def _passes(prompts: list, direction: str, start: int, stop: int) -> list[dict]:
-    """The passes of a run: forward over all prompts; backward from each object's first prompt."""
-    frames = sorted({p.frame for p in prompts})
-    passes = []
-    if direction in ("forward", "both"):
-        passes.append({"direction": 1, "first": frames[0], "last": stop - 1, "seeds_only": False})
-    if direction == "backward":
-        passes.append({"direction": -1, "first": frames[-1], "last": start, "seeds_only": False})
-    if direction == "both":
-        first = {}
-        for p in sorted(prompts, key=lambda p: p.frame):
-            first.setdefault(p.obj_id, p.frame)
-        top = max(first.values())
-        if top > start:
-            passes.append({"direction": -1, "first": top, "last": start, "seeds_only": True})
-    for p in passes:
-        p["done_to"] = None
-    return passes
+def _settings(args: argparse.Namespace, prompt_text: bytes, n: int, direction: str) -> Any:
+    from .propagate.run import RunSettings
 
-
-def _pass_prompts(pas: dict, prompts: list, labels: Any, search_frames: int = 30) -> tuple[list, set]:
-    """(prompts for a pass, {(frame, id)} not to write again), resuming after ``done_to``.
-
-    Objects lost when the run stopped come back as lost seeds (:func:`resume_prompts`),
-    so the resumed run goes on searching for them."""
-    from .propagate import ObjectPrompt, resume_prompts
-
-    skip: set = set()
-    if pas["seeds_only"]:  # the forward pass's result on each object's first frame
-        first: dict = {}
-        for p in sorted(prompts, key=lambda p: p.frame):
-            first.setdefault(p.obj_id, p.frame)
-        prompts = []
-        for obj_id, t in first.items():
-            mask = labels[t] == obj_id
-            if mask.any():
-                prompts.append(ObjectPrompt(t, obj_id, mask=mask))
-                skip.add((t, obj_id))
-    t = pas["done_to"]
-    if t is None:
-        return prompts, skip
-    d = pas["direction"]
-    started = {p.obj_id for p in prompts if (p.frame - t) * d <= 0}
-    later = [p for p in prompts if (p.frame - t) * d > 0]
-    seeds = resume_prompts(labels, t, d, obj_ids=started, search_frames=search_frames)
-    return later + seeds, skip | {(t, s.obj_id) for s in seeds}
-
-
-def _fingerprint(args: argparse.Namespace, prompt_text: bytes, n: int, direction: str) -> dict:
-    return {
-        "input": str(Path(args.input).resolve()), "frames": n,
-        "prompts_sha1": hashlib.sha1(prompt_text).hexdigest(), "direction": direction,
-        "start": args.start, "stop": args.stop, "recipe": args.recipe, "z": args.z,
-        "divisions": args.divisions, "search_frames": args.search_frames,
-    }
-
-
-def _save(path: Path, state: dict) -> None:
-    done = {"forward": "complete", "backward": "complete"}
-    for pas in state["passes"]:
-        key = "forward" if pas["direction"] > 0 else "backward"
-        if pas["done_to"] != pas["last"]:
-            done[key] = pas["done_to"]
-    state["done"] = done  # a summary for people: the last frame done per direction
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    return RunSettings(
+        input=str(Path(args.input).resolve()), frames=n, prompts=hashlib.sha1(prompt_text).hexdigest(),
+        direction=direction, start=args.start, stop=args.stop, recipe=args.recipe, z=args.z,
+        divisions=args.divisions, search_frames=args.search_frames, lenient=args.lenient,
+    )
 
 
 def _cmd_track(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .propagate import check_prompts, get_recipe, load_prompts
+    from .propagate.run import RunMismatch, TrackingRun
 
-    from .propagate import VOLUME_QC, LabelFile, TrackingWriter, check_prompts, load_prompts
-
-    from .propagate import get_recipe
-
+    out = Path(args.output).expanduser()
+    if args.export_only:
+        return _export(args, out, TrackingRun.open(out) if (out / "progress.json").is_file() else None)
     direction = args.direction or "both"
     try:
         get_recipe(args.recipe)
@@ -220,77 +173,41 @@ def _cmd_track(args: argparse.Namespace) -> int:
     elif not args.start <= args.text_frame < stop:
         raise UsageError(f"--text-frame {args.text_frame} is not in the frames tracked ({args.start} to {stop - 1})")
 
-    out = Path(args.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    progress_path, labels_path = out / "progress.json", out / "labels.npy"
-    fingerprint = _fingerprint(args, prompt_bytes, n, direction)
-    state = None
-    if progress_path.is_file() and labels_path.is_file() and not args.overwrite:
-        state = json.loads(progress_path.read_text())
-        if state.get("settings") != fingerprint:
-            raise UsageError(f"{out} holds another run (other input, prompts or options): "
-                             "pass --overwrite to discard it, or choose another folder")
-        if state.get("complete"):
-            _status(f"{out} already holds this run, complete (pass --overwrite to redo it)")
-            return 0
+    try:
+        run = TrackingRun(out, _settings(args, prompt_bytes, n, direction), overwrite=args.overwrite)
+    except RunMismatch as exc:
+        raise UsageError(str(exc)) from exc
+    if run.complete:
+        return _export(args, out, run, frames, already=True)
+    if run.started:
         _status(f"resuming the run in {out}")
     predictor = None
     if prompts is None:  # --text: the objects found on --text-frame (kept for resuming)
         from .cli_text import track_prompts_from_text
 
         saved = out / "text_prompts.json"
-        if state is not None and saved.is_file():
+        if run.started and saved.is_file():
             prompts = load_prompts(saved)
         else:
             predictor = _make_predictor(args)
             prompts = track_prompts_from_text(predictor, frames, args, out)
-    if state is None:
-        state = {"settings": fingerprint, "passes": _passes(prompts, direction, args.start, stop),
-                 "complete": False}
-        labels = LabelFile(labels_path, (n, *shape), np.int32, overwrite=True)
-    else:
-        labels = LabelFile(labels_path)
-    _save(progress_path, state)
-
+    run.start(prompts, shape)
     predictor = predictor if predictor is not None else _make_predictor(args)
     from tqdm import tqdm
 
-    from .propagate import PropagationError, propagate
+    from .propagate import PropagationError
 
-    total = sum(abs(p["first"] - p["last"]) + 1 for p in state["passes"])
-    done = sum(abs(p["done_to"] - p["first"]) + 1 for p in state["passes"] if p["done_to"] is not None)
+    done, total = run.frames_total()
     bar = tqdm(total=total, initial=done, unit="frame", desc="tracking", file=sys.stderr, dynamic_ncols=True)
-    resumed = progress_path.is_file() and any(p["done_to"] is not None for p in state["passes"])
-    writer = TrackingWriter(labels, out / "table.csv", out / "trajectories.csv", n_frames=n, resume=resumed)
-    qc = VOLUME_QC if args.z else None
     failure = None
     try:
-        for pas in state["passes"]:
-            if pas["done_to"] == pas["last"]:
-                continue
-            pass_prompts, skip = _pass_prompts(pas, prompts, labels, 0 if args.z else args.search_frames)
-            if not pass_prompts:
-                pas["done_to"] = pas["last"]
-                continue
-            d = pas["direction"]
-            lo, hi = (min(p.frame for p in pass_prompts), stop) if d > 0 else (args.start, max(p.frame for p in pass_prompts) + 1)
-            run = propagate(
-                frames, predictor, pass_prompts, direction="forward" if d > 0 else "backward", start=lo, stop=hi,
-                recipe=args.recipe, qc=qc, search_frames=0 if args.z else args.search_frames,
-                divisions=args.divisions and d > 0, context_labels=labels, what="slice" if args.z else "frame",
-            )
-            for result in run:
-                objects = {i: o for i, o in result.objects.items() if (result.frame, i) not in skip}
-                writer.write(type(result)(result.frame, objects, result.direction, result.step, result.total))
-                pas["done_to"] = result.frame
-                _save(progress_path, state)
-                bar.update(1)
+        for _ in run.track(frames, predictor, prompts):
+            bar.update(1)
     except PropagationError as exc:
         hint = f" Frames past {exc.frame} cannot be read: rerun with --overwrite --stop {exc.frame}." if exc.direction > 0 else ""
         failure = f"{exc}{hint}"
     except KeyboardInterrupt:
-        writer.close()
-        labels.close()
         bar.close()
         _status(f"interrupted: what was done is in {out}; run the same command again to resume")
         raise
@@ -298,16 +215,39 @@ def _cmd_track(args: argparse.Namespace) -> int:
         bar.close()
         raise UsageError(str(exc)) from exc
     bar.close()
-    data, graph = writer.close()
-    _finish(out, frames, labels, data, graph, args, video=not failure, start=args.start, stop=stop)
-    labels.close()
+    code = _export(args, out, run, frames, video=not failure)
     if failure:
         print(f"napari-sam: error: {failure} Partial results are in {out}.", file=sys.stderr)
         return _EXIT_PARTIAL
-    state["complete"] = True
-    _save(progress_path, state)
-    ids = sorted({int(i) for i in data[:, 0]}) if len(data) else []
-    print(f"tracked {len(ids)} object{'s' * (len(ids) != 1)} over {n} frames; outputs in {out}")
+    return code
+
+
+def _export(args: argparse.Namespace, out: Path, run: Any, frames: Any = None, *, video: bool = True,
+            already: bool = False) -> int:
+    """The exports not written yet (after tracking, ``--export-only`` or a complete run run again)."""
+    if run is None:
+        raise UsageError(f"{out} holds no tracking run to export (no progress.json): track first")
+    if frames is None and video and not args.no_video:
+        frames = open_frames(Path(run.settings.input))
+    failed = []
+    written = run.export(frames, tif=args.tif, npy=args.npy, video=video and not args.no_video, fps=args.fps,
+                         redo=args.export_only,
+                         report=lambda line: failed.append(line))
+    for line in failed:
+        print(f"napari-sam: error: {line}", file=sys.stderr)
+    if failed:
+        print(f"napari-sam: error: {len(failed)} export(s) failed; the labels and tables are in {out}: "
+              "redo them with --export-only (or the same command again)", file=sys.stderr)
+        return _EXIT_PARTIAL
+    if already and not written:
+        _status(f"{out} already holds this run, complete (pass --overwrite to redo it)")
+    elif run.complete:
+        import numpy as np
+
+        from .propagate import read_table
+
+        ids = np.unique(read_table(out / "table.csv")["id"]) if (out / "table.csv").is_file() else []
+        print(f"tracked {len(ids)} object{'s' * (len(ids) != 1)} over {run.settings.frames} frames; outputs in {out}")
     return 0
 
 
@@ -315,21 +255,3 @@ def _make_predictor(args: argparse.Namespace) -> Any:
     from .predictor import SamPredictor
 
     return SamPredictor(_build_model(args))
-
-
-def _finish(out: Path, frames: Any, labels: Any, data: Any, graph: dict, args: argparse.Namespace,
-            video: bool = True, start: int = 0, stop: int | None = None) -> None:
-    """labels.tif, tracks.csv (+ graph), overlay.mp4 from what is done."""
-    import numpy as np
-    import tifffile
-
-    n = len(labels)
-    tifffile.imwrite(out / "labels.tif", (labels[t] for t in range(n)), shape=labels.shape, dtype=labels.dtype)
-    np.savetxt(out / "tracks.csv", data, delimiter=",", header="track_id,t,y,x", comments="",
-               fmt=["%d", "%d", "%.2f", "%.2f"])
-    if graph:
-        (out / "tracks_graph.json").write_text(json.dumps({str(k): v for k, v in graph.items()}))
-    if video and not args.no_video:
-        from .propagate import write_overlay_video
-
-        write_overlay_video(out / "overlay.mp4", frames, labels, fps=args.fps, start=start, stop=stop)

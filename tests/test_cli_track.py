@@ -18,12 +18,12 @@ import pytest
 
 from src_core import cli_track
 from src_core.cli import main
-from src_core.propagate import TABLE_COLUMNS, evaluate, read_table
+from src_core.propagate import TABLE_COLUMNS, evaluate, open_labels, read_table
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
 from src_core.propagate.synthetic import make_scene
 
 N_FRAMES = 24
-OUTPUTS = ("labels.npy", "labels.tif", "table.csv", "trajectories.csv", "tracks.csv", "overlay.mp4", "progress.json")
+OUTPUTS = ("table.csv", "trajectories.csv", "tracks.csv", "overlay.mp4", "progress.json")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,10 @@ def _user_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
+def _labels(out: Path) -> np.ndarray:
+    return np.asarray(open_labels(out / "labels.zarr"))
+
+
 def _scores(scene, labels, lo=0, hi=N_FRAMES):
     return evaluate((scene.labels(t) for t in range(lo, hi)), (labels[t] for t in range(lo, hi)))
 
@@ -105,19 +109,26 @@ def _scores(scene, labels, lo=0, hi=N_FRAMES):
 def test_track_real_model_writes_every_output(capsys, tiny_checkpoint, video_npy, box_prompts, tmp_path):
     out = tmp_path / "out"
     code, _, err = _run(capsys, "track", video_npy, "--prompts", box_prompts, "-o", out,
-                        "--checkpoint", tiny_checkpoint, "--device", "cpu", "--dtype", "float32", "--stop", 14)
+                        "--checkpoint", tiny_checkpoint, "--device", "cpu", "--dtype", "float32", "--stop", 14,
+                        "--tif", "--npy")
     assert code == 0, err
     assert "frame/s" in err or "frame" in err  # the progress bar is drawn on stderr
-    for name in OUTPUTS:
+    for name in OUTPUTS + ("labels.tif", "labels.npy"):
         assert (out / name).is_file(), name
-    labels = np.load(out / "labels.npy")
-    assert labels.shape == (N_FRAMES, 96, 96) and labels.dtype == np.int32
+    labels = _labels(out)
+    assert labels.shape == (N_FRAMES, 96, 96) and labels.dtype == np.uint8  # ids 1-3: the smallest type
+    assert np.array_equal(_labels(out), labels)  # for readers of napari-sam 0.1
+    import zarr
+
+    assert np.array_equal(zarr.open_array(out / "labels.zarr", mode="r")[:], labels)  # any zarr reader
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     assert not labels[14:].any()  # outside --stop: untouched
 
     import tifffile
 
-    assert np.array_equal(tifffile.imread(out / "labels.tif"), labels)
+    with tifffile.TiffFile(out / "labels.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].compression != 1  # compressed BigTIFF
+        assert np.array_equal(tif.asarray(), labels)
     with open(out / "table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0].keys()) == TABLE_COLUMNS
@@ -157,7 +168,7 @@ def test_track_directions_with_standin(capsys, standin, scene, video_npy, box_pr
     code, _, err = _run(capsys, "track", video_npy, "--prompts", box_prompts, "-o", out,
                         "--direction", direction, "--no-video")
     assert code == 0, err
-    labels = np.load(out / "labels.npy")
+    labels = _labels(out)
     lo, hi = {"forward": (10, N_FRAMES), "backward": (0, 11), "both": (0, N_FRAMES)}[direction]
     scores = _scores(scene, labels, lo, hi)
     assert scores.mean_j >= 0.9 and scores.id_switches == 0, scores.summary()
@@ -188,12 +199,12 @@ def test_interrupted_run_resumes(capsys, standin, scene, video_npy, box_prompts,
     assert isinstance(done, int) and 10 <= done < N_FRAMES - 1
     partial = read_table(out / "table.csv")
     assert set(partial["frame"].tolist()) == set(range(10, done + 1))  # what was done is kept
-    kept = np.load(out / "labels.npy")[10:done + 1].copy()
+    kept = _labels(out)[10:done + 1].copy()
 
     monkeypatch.setattr(StandInSegmenter, "predict", real_predict)
     code, _, err = _run(capsys, "track", video_npy, "--prompts", box_prompts, "-o", out, "--no-video")
     assert code == 0, err
-    labels = np.load(out / "labels.npy")
+    labels = _labels(out)
     assert np.array_equal(labels[10:done + 1], kept)  # the resumed run did not redo them
     assert json.loads((out / "progress.json").read_text())["complete"]
     scores = _scores(scene, labels)
@@ -223,7 +234,7 @@ def test_unreadable_frame_keeps_partial_results(capsys, standin, scene, video_np
     assert "16" in err and "--stop 16" in err
     table = read_table(out / "table.csv")
     assert set(range(10, 16)) <= set(table["frame"].tolist()) and 16 not in set(table["frame"].tolist())
-    labels = np.load(out / "labels.npy")
+    labels = _labels(out)
     assert _scores(scene, labels, 10, 16).mean_j >= 0.9
     assert (out / "trajectories.csv").is_file() and (out / "tracks.csv").is_file()
     assert not json.loads((out / "progress.json").read_text())["complete"]
@@ -243,7 +254,7 @@ def test_z_stack_gives_a_3d_label_that_ends_with_the_object(capsys, monkeypatch,
     code, _, err = _run(capsys, "track", tmp_path / "stack.npy", "--z", "--prompts", prompts,
                         "-o", tmp_path / "out", "--no-video")
     assert code == 0, err
-    labels = np.load(tmp_path / "out" / "labels.npy")
+    labels = _labels(tmp_path / "out")
     has = [t for t in range(20) if labels[t].any()]
     assert has == [t for t in range(20) if gt[t].sum() >= 10]  # the 1-pixel tips are below min_area
     inter = np.logical_and(labels > 0, gt > 0).sum()
@@ -323,3 +334,95 @@ def test_output_of_another_run_is_not_overwritten(capsys, standin, video_npy, bo
                         "--direction", "backward", "--stop", 13, "--overwrite")
     assert code == 0, err
     assert set(read_table(out / "table.csv")["frame"].tolist()) == set(range(0, 11))
+
+
+# --------------------------------------------------------------------------
+# why an object was lost; the lenient setting; exports that fail
+# --------------------------------------------------------------------------
+
+
+class _Doubtful(StandInSegmenter):
+    """The stand-in, but from frame 15 on it doubts every mask (predicted IoU halved)."""
+
+    def set_image(self, image, *args, **kwargs):
+        self.frame = next(t for t in range(N_FRAMES) if np.array_equal(self.frames[t], image))
+        return super().set_image(image, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        masks, scores, logits = super().predict(*args, **kwargs)
+        return masks, scores * (0.5 if self.frame >= 15 else 1.0), logits
+
+
+@pytest.fixture
+def doubtful(monkeypatch, scene, video_npy):
+    def make(args):
+        seg = _Doubtful(scene.labels_for_image, mask_input_size=128, failure_rate=0.0)
+        seg.frames = np.load(video_npy)
+        return seg
+
+    monkeypatch.setattr(cli_track, "_make_predictor", make)
+
+
+def test_the_table_says_why_an_object_was_lost(capsys, doubtful, video_npy, box_prompts, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "track", video_npy, "--prompts", box_prompts, "-o", out, "--no-video",
+                        "--direction", "forward")
+    assert code == 0, err
+    table = read_table(out / "table.csv")
+    lost = table[table["status"] == "lost"]
+    assert set(lost["frame"].tolist()) == set(range(15, N_FRAMES))
+    first = lost[lost["frame"] == 15]
+    assert set(first["reason"]) == {"low-iou"}  # SAM's own doubt, with the value that failed
+    assert np.all((first["value"] > 0.3) & (first["value"] < 0.6))
+    with open(out / "table.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[-2:] == ["reason", "value"]
+    assert not _labels(out)[15:].any()
+
+    lenient = tmp_path / "lenient"
+    code, _, err = _run(capsys, "track", video_npy, "--prompts", box_prompts, "-o", lenient, "--no-video",
+                        "--direction", "forward", "--lenient")
+    assert code == 0, err
+    table = read_table(lenient / "table.csv")
+    assert set(table["status"]) <= {"key", "tracked"}  # the doubted masks are kept
+    labels = _labels(lenient)
+    assert all(set(np.unique(labels[t])) == {0, 1, 2, 3} for t in range(15, N_FRAMES))
+
+
+def test_a_failed_export_keeps_the_run_and_is_redone(capsys, standin, video_npy, box_prompts, tmp_path, monkeypatch):
+    from src_core.propagate import run as run_module
+
+    real = run_module.export_tiff
+
+    def disk_full(labels, path, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_module, "export_tiff", disk_full)
+    out = tmp_path / "out"
+    argv = ["track", video_npy, "--prompts", box_prompts, "-o", out, "--no-video", "--tif"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("napari-sam: error:")]
+    assert len(errors) == 2 and "labels.tif" in errors[0] and "No space left" in errors[0]
+    assert "--export-only" in errors[1] and "Traceback" not in err
+    for name in ("table.csv", "tracks.csv", "trajectories.csv"):  # everything else is there
+        assert (out / name).is_file(), name
+    assert not (out / "labels.tif").exists() and not list(out.glob(".*partial"))
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["complete"] and "No space left" in progress["exports"]["labels.tif"]
+    labels = _labels(out)
+
+    monkeypatch.setattr(run_module, "export_tiff", real)
+    code, _, err = _run(capsys, "track", "--export-only", "--tif", "--no-video", "-o", out, video_npy)
+    assert code == 0, err
+    import tifffile
+
+    assert np.array_equal(tifffile.imread(out / "labels.tif"), labels)
+    # the same command again: the run is complete and so are its exports
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and "already holds" in err, err
+
+
+def test_export_only_without_a_run(capsys, video_npy, tmp_path):
+    code, _, err = _run(capsys, "track", video_npy, "--export-only", "-o", tmp_path / "nothing")
+    _user_error(code, err, "no tracking run")

@@ -726,7 +726,9 @@ def test_cli_track_from_text(capsys, tiny_sam, stand_in_clip, tmp_path):
     saved = json.loads((out / "text_prompts.json").read_text())["prompts"]
     assert 1 <= len(saved) <= 2 and [p["id"] for p in saved] == list(range(1, len(saved) + 1))
     assert all(p["frame"] == 1 and len(p["box"]) == 4 for p in saved)
-    labels = np.load(out / "labels.npy")
+    from src_core.propagate import open_labels
+
+    labels = np.asarray(open_labels(out / "labels.zarr"))
     assert labels.shape == (4, 64, 64) and set(np.unique(labels)) <= set(range(len(saved) + 1))
     assert "object 1: box" in stdout and "tracked" in stdout
     assert main(argv) == 0  # the same run again: complete, nothing redone

@@ -10,8 +10,11 @@ frame and object wins), writes the wide trajectories CSV and returns napari
 Tracks data.
 
 Per-frame table columns (:data:`TABLE_COLUMNS`): ``frame, id, centroid_x,
-centroid_y, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, score, status, parent``
-(pixels; bbox inclusive; empty cells for a lost object).
+centroid_y, area, bbox_x0, bbox_y0, bbox_x1, bbox_y1, score, status, parent,
+reason, value`` (pixels; bbox inclusive; empty cells for a lost object; for a
+lost object ``reason`` says why its mask was rejected, a key of
+:data:`~src_core.propagate.qc.REJECTION_CAUSES` such as ``low-iou`` or
+``area-jump``, and ``value`` is the value that failed).
 
 Trajectories CSV (as idtracker.ai/TRex users expect): ``frame, x1, y1, x2,
 y2, ...`` one row per frame, one x/y pair per id, ``NaN`` where the object
@@ -29,17 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from .labelstore import smallest_label_dtype
 from .masks import mask_stats
 from .results import KEY, STATUSES, TRACKED, FrameResult
 
 TABLE_COLUMNS = (
     "frame", "id", "centroid_x", "centroid_y", "area", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
-    "score", "status", "parent",
+    "score", "status", "parent", "reason", "value",
 )
+#: Columns a table written by napari-sam 0.1 may lack (read as empty).
+_OPTIONAL_COLUMNS = ("reason", "value")
 _TABLE_DTYPE = np.dtype([
     ("frame", np.int64), ("id", np.int64), ("centroid_x", np.float64), ("centroid_y", np.float64),
     ("area", np.int64), ("bbox_x0", np.float64), ("bbox_y0", np.float64), ("bbox_x1", np.float64),
     ("bbox_y1", np.float64), ("score", np.float64), ("status", "U8"), ("parent", np.int64),
+    ("reason", "U12"), ("value", np.float64),
 ])
 
 
@@ -51,6 +58,11 @@ def paint_labels(labels: Any, result: FrameResult) -> None:
     (key-frame masks are painted over anything). A lost object is cleared.
     """
     frame = np.array(labels[result.frame])
+    top = max((o.obj_id for o in result.objects.values() if o.mask is not None), default=0)
+    if top > np.iinfo(frame.dtype).max:
+        if not hasattr(labels, "widen"):  # a plain array would wrap the id around
+            raise ValueError(f"object id {top} does not fit the labels' type {frame.dtype}")
+        frame = frame.astype(smallest_label_dtype(top))  # the store widens when it is written
     changed = False
     for obj in result.objects.values():
         old = frame == obj.obj_id
@@ -73,11 +85,11 @@ def result_rows(result: FrameResult) -> list[tuple]:
         parent = obj.parent if obj.parent is not None else 0
         if obj.stats is None:
             rows.append((result.frame, obj.obj_id, np.nan, np.nan, 0, np.nan, np.nan, np.nan, np.nan,
-                         np.nan, obj.status, parent))
+                         np.nan, obj.status, parent, obj.cause, obj.value))
             continue
         x0, y0, x1, y1 = obj.stats.bbox
         rows.append((result.frame, obj.obj_id, obj.stats.centroid[0], obj.stats.centroid[1], obj.stats.area,
-                     x0, y0, x1, y1, obj.score, obj.status, parent))
+                     x0, y0, x1, y1, obj.score, obj.status, parent, "", np.nan))
     return rows
 
 
@@ -95,8 +107,11 @@ class TrackingWriter:
     n_frames : int, optional
         Rows of the trajectories CSV (default: up to the last frame with a row).
     resume : bool
-        Keep the rows already in ``table_csv`` (an interrupted run); otherwise
-        the file is started afresh.
+        Keep the rows already in ``table_csv`` and ``tracks_csv`` (an interrupted
+        run); otherwise the files are started afresh.
+    tracks_csv : path, optional
+        napari Tracks rows ``track_id,t,y,x``, appended every frame (unsorted;
+        :meth:`close` does not touch it: sort it with :func:`tracks_data` of the table).
     """
 
     def __init__(
@@ -107,6 +122,7 @@ class TrackingWriter:
         *,
         n_frames: int | None = None,
         resume: bool = False,
+        tracks_csv: str | os.PathLike | None = None,
     ) -> None:
         self.labels = labels
         self.table_csv = Path(table_csv) if table_csv is not None else None
@@ -126,6 +142,14 @@ class TrackingWriter:
                 self._file.write(",".join(TABLE_COLUMNS) + "\n")
                 self._file.flush()
             self._csv = csv.writer(self._file)
+        self._tracks_file = None
+        if tracks_csv is not None:
+            tracks_csv = Path(tracks_csv)
+            keep = resume and tracks_csv.is_file()
+            self._tracks_file = open(tracks_csv, "a" if keep else "w", newline="", encoding="utf-8")
+            if not keep:
+                self._tracks_file.write("track_id,t,y,x\n")
+                self._tracks_file.flush()
 
     def write(self, result: FrameResult) -> None:
         """Paint and record one frame's result."""
@@ -134,6 +158,10 @@ class TrackingWriter:
         rows = result_rows(result)
         if not rows:
             return
+        if self._tracks_file is not None:
+            self._tracks_file.writelines(
+                f"{r[1]},{r[0]},{r[3]:.2f},{r[2]:.2f}\n" for r in rows if not np.isnan(r[2]))
+            self._tracks_file.flush()
         if self._file is not None:
             # on disk only: memory stays the same however long the video
             self._csv.writerows(_format_row(r) for r in rows)
@@ -153,16 +181,27 @@ class TrackingWriter:
         if self.table_csv is not None and self.table_csv.is_file():
             if self._file is not None:
                 self._file.flush()
-            return _dedupe(read_table(self.table_csv))
-        return _dedupe(np.concatenate(self._chunks) if self._chunks else np.zeros(0, _TABLE_DTYPE))
+            return dedupe_table(read_table(self.table_csv))
+        return dedupe_table(np.concatenate(self._chunks) if self._chunks else np.zeros(0, _TABLE_DTYPE))
 
     @property
     def frames_done(self) -> set[int]:
         """Frames that have at least one row (e.g. to resume an interrupted run)."""
         return set(self.table["frame"].tolist())
 
+    def abandon(self) -> None:
+        """Close the files as they are (everything written so far stays; nothing is rewritten)."""
+        for name in ("_file", "_tracks_file"):
+            f = getattr(self, name, None)
+            if f is not None:
+                f.close()
+                setattr(self, name, None)
+
     def close(self) -> tuple[np.ndarray, dict[int, list[int]]]:
         """Finish the files; return napari Tracks ``(data, graph)`` (see :func:`tracks_data`)."""
+        if self._tracks_file is not None:
+            self._tracks_file.close()
+            self._tracks_file = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -178,9 +217,8 @@ class TrackingWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:  # an error: keep what was written, appended as it came
-            self._file.close()
-            self._file = None
+        if exc[0] is not None:  # an error: keep what was written, appended as it came
+            self.abandon()
         if exc[0] is None:
             self.close()
 
@@ -189,15 +227,16 @@ def _format_row(row: tuple) -> list[str]:
     out = []
     for name, value in zip(TABLE_COLUMNS, row):
         if isinstance(value, (float, np.floating)):
-            out.append("" if np.isnan(value) else (f"{value:.6g}" if name == "score" else f"{value:.2f}"))
+            out.append("" if np.isnan(value) else (f"{value:.6g}" if name in ("score", "value") else f"{value:.2f}"))
+        elif name == "parent" and int(value) == 0:
+            out.append("")  # no parent
         else:
             out.append(str(value))
-    if out[-1] == "0":
-        out[-1] = ""  # no parent
     return out
 
 
-def _dedupe(table: np.ndarray) -> np.ndarray:
+def dedupe_table(table: np.ndarray) -> np.ndarray:
+    """One row per (frame, id), the last written, sorted by frame and id."""
     if len(table) == 0:
         return table
     key = table["frame"] * (int(table["id"].max()) + 1) + table["id"]
@@ -217,14 +256,14 @@ def read_table(path: str | os.PathLike, position: str | None = None):
     rows, where = [], []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = set(TABLE_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(TABLE_COLUMNS) - set(reader.fieldnames or ()) - set(_OPTIONAL_COLUMNS)
         if position is not None and position not in (reader.fieldnames or ()):
             missing.add(position)
         if missing:
             raise ValueError(f"{path} is not a napari-sam track table (missing columns {sorted(missing)})")
         for n, row in enumerate(reader, start=2):
             try:
-                parsed = tuple(_parse(name, row[name]) for name in TABLE_COLUMNS)
+                parsed = tuple(_parse(name, row.get(name) or "") for name in TABLE_COLUMNS)
                 if position is not None:
                     where.append(int(row[position]))
             except (TypeError, ValueError):
@@ -238,6 +277,8 @@ def _parse(name: str, text: str):
     if name == "status":
         if text not in STATUSES:
             raise ValueError(text)
+        return text
+    if name == "reason":
         return text
     if name in ("frame", "id", "area", "parent"):
         return int(text) if text else 0
@@ -335,7 +376,7 @@ def table_from_labels(labels: Any, start: int = 0, stop: int | None = None, stat
             stats = mask_stats(frame == obj_id)
             x0, y0, x1, y1 = stats.bbox
             rows.append((t, int(obj_id), stats.centroid[0], stats.centroid[1], stats.area, x0, y0, x1, y1,
-                         np.nan, status, 0))
+                         np.nan, status, 0, "", np.nan))
         if rows:
             chunks.append(np.array(rows, dtype=_TABLE_DTYPE))
     return np.concatenate(chunks) if chunks else np.zeros(0, _TABLE_DTYPE)

@@ -63,11 +63,62 @@ ACCEPT_ALL = QualityControl(
 )
 
 
+#: The lenient setting: keep the best candidate unless it is empty (or a speck under
+#: ``min_area``) or lies mostly on another object; SAM's own doubts (predicted IoU,
+#: stability) and area jumps are ignored. For footage the default thresholds drop
+#: objects on (natural images, a model unsure of its masks); it costs ID switches
+#: where objects touch (see README, "Tracking and propagation").
+LENIENT = QualityControl(
+    min_score=-np.inf, min_stability=-np.inf, max_area_change=np.inf, refind_area_change=np.inf,
+)
+
+
 def stability_score(logits: np.ndarray, threshold: float = 0.0, offset: float = 1.0) -> float:
     """IoU between the masks ``logits > threshold + offset`` and ``logits > threshold - offset``."""
     inner = np.count_nonzero(logits > threshold + offset)
     outer = np.count_nonzero(logits > threshold - offset)
     return inner / outer if outer else 0.0
+
+
+#: Why an object was lost on a frame (the ``reason`` column of the per-frame table).
+REJECTION_CAUSES = {
+    "empty": "the mask is empty",
+    "too-small": "the mask has fewer pixels than min_area",
+    "low-iou": "SAM's predicted IoU is below min_score",
+    "unstable": "the stability score is below min_stability",
+    "overlap": "more than max_overlap of the mask lies on other objects",
+    "area-jump": "the area changed more than max_area_change (refind_area_change when searching)",
+    "not-found": "searched for, nothing was found near its predicted position",
+    "not-on-key": "the user's key frame does not have it",
+    "resumed": "it was lost when the interrupted run stopped",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a mask was rejected: ``cause`` (a key of :data:`REJECTION_CAUSES`), the value that failed and its limit."""
+
+    cause: str
+    value: float = float("nan")
+    limit: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.cause not in REJECTION_CAUSES:
+            raise ValueError(f"unknown rejection cause {self.cause!r}")
+
+    def __str__(self) -> str:
+        v, lim = self.value, self.limit
+        return {
+            "empty": "empty mask",
+            "too-small": f"too small ({v:.0f} px < {lim:.0f})",
+            "low-iou": f"low predicted IoU {v:.2f} (min {lim:.2f})",
+            "unstable": f"unstable {v:.2f} (min {lim:.2f})",
+            "overlap": f"{v:.0%} on other objects (max {lim:.0%})",
+            "area-jump": f"area changed x{v:.2f} (limit x{lim:.2f})",
+            "not-found": "not found near its predicted position",
+            "not-on-key": f"not on key frame {v:.0f}",
+            "resumed": f"lost for {v:.0f} frames when the run resumed",
+        }[self.cause]
 
 
 def judge(
@@ -80,8 +131,8 @@ def judge(
     reference_area: float | None,
     searching: bool,
     at_border: bool = False,
-) -> str:
-    """Why the mask is rejected, or ``""`` when it is kept.
+) -> Rejection | None:
+    """Why the mask is rejected, or None when it is kept.
 
     Parameters
     ----------
@@ -103,14 +154,16 @@ def judge(
         the frame (leaving or entering), so it may be small, down to a tenth
         of ``reference_area``.
     """
+    if area == 0 or kept_area == 0:
+        return Rejection("empty", 0.0)
     if area < qc.min_area or kept_area < qc.min_area:
-        return "too small" if area else "empty"
+        return Rejection("too-small", float(min(area, kept_area)), float(qc.min_area))
     if score < qc.min_score:
-        return f"low score {score:.2f}"
+        return Rejection("low-iou", float(score), qc.min_score)
     if stability is not None and stability < qc.min_stability:
-        return f"unstable {stability:.2f}"
-    if area and 1.0 - kept_area / area > qc.max_overlap:
-        return f"overlaps other objects ({1.0 - kept_area / area:.0%})"
+        return Rejection("unstable", float(stability), qc.min_stability)
+    if 1.0 - kept_area / area > qc.max_overlap:
+        return Rejection("overlap", 1.0 - kept_area / area, qc.max_overlap)
     if reference_area:
         limit = qc.refind_area_change if searching else qc.max_area_change
         ratio = kept_area / reference_area
@@ -118,5 +171,5 @@ def judge(
         if searching:  # coming back into sight (from behind something): part of it is enough
             smallest = min(smallest, 0.2)
         if ratio > limit or ratio < smallest:
-            return f"area changed x{ratio:.2f}"
-    return ""
+            return Rejection("area-jump", ratio, limit if ratio > limit else smallest)
+    return None

@@ -40,7 +40,14 @@ class ObjectResult:
     parent : int or None
         For ``"divided"``: the id of the object that divided.
     reason : str
-        For ``"lost"``: why the mask was rejected.
+        For ``"lost"``: why the mask was rejected, in words with the value and its
+        limit ("low predicted IoU 0.41 (min 0.60)").
+    cause : str
+        For ``"lost"``: the same as a key of :data:`~src_core.propagate.qc.REJECTION_CAUSES`
+        ("low-iou", "unstable", "area-jump", "overlap", "empty", ...).
+    value : float
+        For ``"lost"``: the value that failed (predicted IoU, stability, area ratio,
+        overlap fraction, ...); NaN where there is none.
     """
 
     obj_id: int
@@ -50,6 +57,8 @@ class ObjectResult:
     stats: MaskStats | None
     parent: int | None = None
     reason: str = ""
+    cause: str = ""
+    value: float = float("nan")
 
     @property
     def area(self) -> int:

@@ -112,7 +112,7 @@ class TrackState:
         self.typical_area: float | None = None
         self.typical_size: float | None = None  # longest bounding-box side
         self.lost_for = 0  # consecutive frames on which it was lost
-        self.reason = ""  # why it was last rejected
+        self.reason = None  # why it was last rejected (a qc.Rejection)
 
     @property
     def lost(self) -> bool:

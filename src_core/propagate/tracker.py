@@ -36,7 +36,7 @@ from scipy import ndimage as ndi
 from .frames import FrameReader, FrameReadError
 from .masks import components, interior_point, mask_iou, mask_stats
 from .prompts import ObjectPrompt, PromptRecipe, check_prompts, get_recipe
-from .qc import QualityControl, judge
+from .qc import QualityControl, Rejection, judge
 from .results import DIVIDED, KEY, LOST, REFOUND, TRACKED, FrameResult, ObjectResult, PropagationError
 from .state import Candidate, Segmenter, TrackState, decode, logit_grid, mask_threshold, negatives_for
 
@@ -278,16 +278,15 @@ class _Run:
         if self.search_frames > 0 and searching:
             self._search(frame, searching)
         for s in absent:
-            s.reason = f"not on key {self.what} {t}"
+            s.reason = Rejection("not-on-key", t)
         for s in searching + absent:
             if s.obj_id in frame.results:
                 continue
             s.lost_for += 1
-            reason = s.reason
-            if s.lost_for > self.search_frames:
-                reason = f"{reason}; given up" if self.search_frames else reason
+            given_up = s.lost_for > self.search_frames
+            if given_up:
                 self.tracks.pop(s.obj_id, None)
-            frame.results[s.obj_id] = ObjectResult(s.obj_id, LOST, None, float("nan"), None, s.parent, reason)
+            frame.results[s.obj_id] = self._lost(s.obj_id, s.reason, s.parent, given_up and self.search_frames > 0)
         return frame
 
     def _embed(self, image: np.ndarray) -> None:
@@ -329,7 +328,8 @@ class _Run:
         mask = mask & ~frame.claimed  # two key masks never share pixels either
         stats = mask_stats(mask)
         if stats is None:
-            result = ObjectResult(p.obj_id, LOST, None, float("nan"), None, None, "the prompt gave an empty mask")
+            result = ObjectResult(p.obj_id, LOST, None, float("nan"), None, None, "the prompt gave an empty mask",
+                                  "empty", 0.0)
             self.tracks.pop(p.obj_id, None)
         else:
             frame.claimed |= mask
@@ -346,15 +346,21 @@ class _Run:
 
     def _lost_seed(self, frame: _Frame, p: ObjectPrompt) -> None:
         """An object lost when an earlier run stopped: lost here, searched for from the next frame."""
-        reason = f"lost for {p.lost_for} {self.what}s when the run resumed"
+        reason = Rejection("resumed", p.lost_for)
         if p.lost_for <= self.search_frames:
             state = self._replay(p)
             state.lost_for, state.reason = p.lost_for, reason
             self.tracks[p.obj_id] = state
         else:
             self.tracks.pop(p.obj_id, None)
-            reason = f"{reason}; given up"
-        frame.results[p.obj_id] = ObjectResult(p.obj_id, LOST, None, float("nan"), None, None, reason)
+        frame.results[p.obj_id] = self._lost(p.obj_id, reason, None, p.lost_for > self.search_frames)
+
+    def _lost(self, obj_id: int, why: Rejection | None, parent: int | None, given_up: bool) -> ObjectResult:
+        why = why or Rejection("not-found")
+        text = str(why).replace(" frame", f" {self.what}")
+        if given_up:
+            text += "; given up"
+        return ObjectResult(obj_id, LOST, None, float("nan"), None, parent, text, why.cause, why.value)
 
     def _replay(self, p: ObjectPrompt, last: np.ndarray | None = None) -> TrackState:
         """A seed's state as the interrupted run had it: its masks accepted again in order.
@@ -415,7 +421,7 @@ class _Run:
             x0, y0, x1, y1 = (int(round(v)) for v in box)
             inside = np.count_nonzero(best.mask[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1])
             if inside < 0.5 * max(np.count_nonzero(best.mask), 1):
-                s.reason = "not found near its predicted position"
+                s.reason = Rejection("not-found")
                 continue
             self._judge_and_keep(frame, s, best, searching=True)
 
@@ -441,8 +447,8 @@ class _Run:
 
     # -- divisions ----------------------------------------------------------------------
 
-    def _can_divide(self, verdict: str) -> bool:
-        return self.direction > 0 and (not verdict or verdict.startswith("area changed"))
+    def _can_divide(self, verdict: Rejection | None) -> bool:
+        return self.direction > 0 and (verdict is None or verdict.cause == "area-jump")
 
     def _divide(self, frame: _Frame, s: TrackState, kept: np.ndarray, cand: Candidate) -> bool:
         """Two daughters instead of ``s`` if ``kept`` is in two large pieces or half the mother."""
