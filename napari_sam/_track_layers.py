@@ -7,7 +7,8 @@ Layers (names are part of the contract, documented in README):
   object's colour in "SAM tracks"; background points have a red border.
 - "SAM track boxes" (Shapes, as the points): rectangles; feature ``obj_id``.
 - "SAM tracks" (Labels, the image's shape without RGB): the tracked objects, label
-  value = object id.
+  value = object id; backed by a zarr :class:`~src_core.propagate.LabelStore` on
+  disk (uint16, one compressed chunk per plane), never a whole-video array in memory.
 - "SAM trajectories" (Tracks): centroids per object over time (through time only).
 
 The first axis is time (a video or a (T, Y, X[, C]) stack) or z (a volume): the
@@ -18,14 +19,18 @@ is tracked through one axis at a time, at the shown plane of the other
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from src_core.prompts import box_from_corners_rc, rc_to_xy
-from src_core.propagate import KEY, ObjectPrompt, TrackingWriter, prompts_from_labels, table_from_labels
+from src_core.propagate import KEY, LabelStore, ObjectPrompt, TrackingWriter, prompts_from_labels, table_from_labels
 
 from . import _layers as L
 
@@ -50,10 +55,17 @@ class TrackAxis:
     at: int | None = None
 
     def take(self, array):
-        """The tracked (n, Y, X[, C]) part of a (T, Y, X[, C]) or (T, Z, Y, X[, C]) array (a view)."""
+        """The tracked (n, Y, X[, C]) part of a (T, Y, X[, C]) or (T, Z, Y, X[, C]) array (a view).
+
+        numpy arrays give a numpy view; others (the zarr store behind "SAM tracks",
+        a dask or lazy video array) a :class:`FramesOf` that reads and writes one
+        frame at a time.
+        """
         if self.at is None:
             return array
-        return array[:, self.at] if self.axis == 0 else array[self.at]
+        if isinstance(array, np.ndarray):
+            return array[:, self.at] if self.axis == 0 else array[self.at]
+        return FramesOf(array, self)
 
     def plane(self, frame: int) -> tuple[int, ...]:
         """The leading-axes index of ``frame`` (``(t,)`` or ``(t, z)``)."""
@@ -68,6 +80,26 @@ class TrackAxis:
         if plane[1 - self.axis] != self.at:
             return None
         return int(plane[self.axis])
+
+
+class FramesOf:
+    """The frames along a :class:`TrackAxis` of a 4D array that is not numpy, one at a time."""
+
+    def __init__(self, array, along: TrackAxis) -> None:
+        self.array, self.along = array, along
+        shape = tuple(array.shape)
+        self.shape = (shape[along.axis], *shape[2:])
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, frame) -> np.ndarray:
+        return np.asarray(self.array[self.along.plane(frame)])
+
+    def __setitem__(self, frame, value) -> None:
+        self.array[self.along.plane(frame)] = value
 
 
 class StackedFrames:
@@ -114,7 +146,7 @@ def ensure_track_layers(viewer, image_layer) -> dict:
     layers = {}
     labels = existing.get(TRACKS)
     if labels is None or tuple(labels.data.shape) != shape:
-        labels = viewer.add_labels(np.zeros(shape, np.int32), name=TRACKS, opacity=0.55, **geometry)
+        labels = viewer.add_labels(track_store(shape).array, name=TRACKS, opacity=0.55, **geometry)
     layers[TRACKS] = labels
     size = max(3.0, 0.03 * max(shape[-2:]))
     points = existing.get(PROMPTS)
@@ -145,6 +177,17 @@ def ensure_track_layers(viewer, image_layer) -> dict:
         )
     layers[BOXES] = boxes
     return layers
+
+
+def track_store(shape: tuple[int, ...]) -> LabelStore:
+    """An empty label store for "SAM tracks" in a temporary folder (removed when napari exits).
+
+    The layer reads the frame shown and the engine writes frame by frame: a long
+    video's labels never sit in memory (a chunk per plane, compressed, on disk).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="napari-sam-tracks-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return LabelStore(folder / "labels.zarr", shape, np.uint16)
 
 
 def object_color(labels_layer, obj_id: int) -> np.ndarray:

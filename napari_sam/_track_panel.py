@@ -116,7 +116,9 @@ class TrackPanel(QWidget):
         self._progress: progress | None = None
         self._connected: set[int] = set()
         self.outcome: TrackOutcome | None = None  # how the last run ended
+        self._lost: dict[tuple[int, ...], dict[int, str]] = {}  # plane -> {id: why it was lost there}
         self._build_ui()
+        host.viewer.dims.events.current_step.connect(self.show_lost)
 
     # -- UI -----------------------------------------------------------------------------
 
@@ -173,6 +175,9 @@ class TrackPanel(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.progress_bar, 1)
+        self.lost_label = QLabel("")
+        self.lost_label.setWordWrap(True)
+        self.lost_label.setToolTip("Why objects were lost on the shown frame (the table's reason column).")
         self.keys_label = QLabel("key frames: none")
         self.keys_label.setWordWrap(True)
         key_buttons = QHBoxLayout()
@@ -201,6 +206,7 @@ class TrackPanel(QWidget):
         self.settings_panel = TrackSettings()
         form.addRow(self.settings_panel)
         form.addRow(buttons)
+        form.addRow(self.lost_label)
         form.addRow(self.keys_label)
         form.addRow(key_buttons)
         form.addRow("export", exports)
@@ -260,6 +266,7 @@ class TrackPanel(QWidget):
             return False
         if layers.get(T.TRACKS) is not self.layers.get(T.TRACKS):
             self._key_planes, self._tables, self.writer = frozenset(), {}, None  # other tracks: start over
+            self._lost = {}
         self.layers = layers
         self._update_range()
         self._show_keys()
@@ -429,6 +436,7 @@ class TrackPanel(QWidget):
     def _clear(self, along: T.TrackAxis, tracks, frames: set[int]) -> None:
         """Forget what earlier runs left on ``frames`` (labels and table rows): the run fills them again."""
         for t in sorted(frames):
+            self._lost.pop(along.plane(t), None)
             if np.asarray(tracks[t]).any():
                 tracks[t] = 0
         table = self._tables.get(along)
@@ -477,11 +485,30 @@ class TrackPanel(QWidget):
             self._progress.total = result.total
             self._progress.update(result.step - self._progress.n)
         lost = [i for i, o in result.objects.items() if o.mask is None]
+        if self._run_axis is not None:
+            plane = self._run_axis.plane(result.frame)
+            self._lost.pop(plane, None)
+            if lost:
+                self._lost[plane] = {i: result.objects[i].reason for i in lost}
+            self.show_lost()
         self.host._set_status(
             f"frame {result.frame}: {len(result.objects) - len(lost)} objects"
             + (f", lost {lost}" if lost else "")
             + f" ({result.step}/{result.total})"
         )
+
+    def lost_on_shown_frame(self) -> dict[int, str]:
+        """Object id -> why it was lost on the frame shown (empty when none was)."""
+        image = self.host.image_layer
+        if image is None:
+            return {}
+        along = self.track_axis()
+        return dict(self._lost.get(along.plane(self.current_frame()), {}))
+
+    def show_lost(self, *args) -> None:
+        """Say on the panel why objects were lost on the frame shown."""
+        lost = self.lost_on_shown_frame()
+        self.lost_label.setText("; ".join(f"object {i} lost: {why}" for i, why in sorted(lost.items())))
 
     def _on_outcome(self, outcome: TrackOutcome) -> None:
         self.outcome = outcome

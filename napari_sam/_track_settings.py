@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_core.propagate import DEFAULT_RECIPE, RECIPES, VOLUME_QC, QualityControl, propagate
+from src_core.propagate import DEFAULT_RECIPE, LENIENT, RECIPES, VOLUME_QC, QualityControl, propagate
 
 #: The engine's defaults, shown in "Settings": QC thresholds per axis, frames a lost object is searched for.
 DEFAULT_QC = (QualityControl(), VOLUME_QC)
@@ -115,6 +115,14 @@ class TrackSettings(QWidget):
             "Time-lapse, forward: a cell whose mask splits in two (or halves) becomes two daughters "
             "with new ids, their mother recorded (the Trajectories layer draws the lineage)."
         )
+        self.lenient_check = QCheckBox("lenient: keep the best mask unless empty or on another object")
+        self.lenient_check.setToolTip(
+            "Ignore SAM's predicted IoU, the stability score and area jumps (the thresholds above); "
+            "a mask is rejected only when it is empty or lies mostly on another object. For objects "
+            "lost at once (natural images, a model unsure of its masks); costs ID switches where "
+            "objects touch."
+        )
+        self.lenient_check.toggled.connect(self._on_lenient)
         for row, (label, box, label2, box2) in enumerate((
             ("min pred. IoU", self.min_score_box, "min stability", self.min_stability_box),
             ("max area change \u00d7", self.max_area_box, "search frames K", self.search_box),
@@ -124,6 +132,7 @@ class TrackSettings(QWidget):
             grid.addWidget(QLabel(label2), row + 1, 2)
             grid.addWidget(box2, row + 1, 3)
         grid.addWidget(self.divisions_check, 3, 0, 1, 4)
+        grid.addWidget(self.lenient_check, 4, 0, 1, 4)
         grid.addWidget(QLabel("prompt recipe"), 0, 0)
         grid.addWidget(self.recipe_box, 0, 1, 1, 3)
         grid.setColumnStretch(1, 1)
@@ -147,6 +156,11 @@ class TrackSettings(QWidget):
         self.search_box.setEnabled(not self.along_z)
         self.divisions_check.setChecked(DEFAULT_DIVISIONS)
         self.divisions_check.setEnabled(not self.along_z)
+        self.lenient_check.setChecked(False)
+
+    def _on_lenient(self, lenient: bool) -> None:
+        for box in (self.min_score_box, self.min_stability_box, self.max_area_box):
+            box.setEnabled(not lenient)
 
     def set_axis(self, along_z: bool) -> None:
         """Track through z (True) or time; the area limit follows the axis unless the user set one."""
@@ -160,12 +174,15 @@ class TrackSettings(QWidget):
     def values(self) -> dict:
         """The engine's keyword arguments: ``recipe``, ``qc`` (and ``search_frames`` and
         ``divisions`` in time)."""
-        qc = dataclasses.replace(
-            DEFAULT_QC[int(self.along_z)],
-            min_score=self.min_score_box.value(),
-            min_stability=self.min_stability_box.value(),
-            max_area_change=self.max_area_box.value(),
-        )
+        if self.lenient_check.isChecked():
+            qc = LENIENT
+        else:
+            qc = dataclasses.replace(
+                DEFAULT_QC[int(self.along_z)],
+                min_score=self.min_score_box.value(),
+                min_stability=self.min_stability_box.value(),
+                max_area_change=self.max_area_box.value(),
+            )
         out = {"recipe": self.recipe_box.currentText(), "qc": qc}
         if not self.along_z:
             out["search_frames"] = self.search_box.value()

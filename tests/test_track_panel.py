@@ -399,7 +399,7 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     panel.axis_box.setCurrentIndex(1)
     assert (panel.first_box.value(), panel.last_box.value()) == (0, nz - 1)
     qtbot.waitUntil(lambda: w.idle, timeout=10000)
-    before = labels.copy()
+    before = np.array(labels)
     points.selected_data = set(range(len(points.data)))
     points.remove_selected()
     x, y = scene.prompts(6, "point", [1])[0].points[0]
@@ -530,7 +530,7 @@ def test_z_stack_propagates_up_and_down_into_3d_labels(widget, qtbot):
     points.add(np.array([[8, 44, 40.0]]))
     panel.run()
     wait_done(qtbot, w)
-    labels = panel.layers[T.TRACKS].data
+    labels = np.asarray(panel.layers[T.TRACKS].data)
     for obj_id in (1, 2):
         a, b = labels == obj_id, truth == obj_id
         assert (a & b).sum() / (a | b).sum() >= 0.85
@@ -653,3 +653,55 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     assert shot.ndim == 3 and shot.shape[0] > 200 and shot.std() > 5
     out = os.environ.get("NAPARI_SAM_TRACK_SCREENSHOT", str(tmp_path / "track.png"))
     iio.imwrite(out, shot)
+
+
+class _DoubtfulFrom(StandInSegmenter):
+    """The stand-in, doubting every mask (predicted IoU halved) on frames from ``first`` on."""
+
+    def __init__(self, scene, first):
+        super().__init__(scene.labels_for_image, failure_rate=0.0)
+        self.frames, self.first = scene[:], first
+
+    def set_image(self, image, *args, **kwargs):
+        self.frame = next(t for t in range(len(self.frames)) if np.array_equal(self.frames[t], image))
+        return super().set_image(image, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        masks, scores, logits = super().predict(*args, **kwargs)
+        return masks, scores * (0.5 if self.frame >= self.first else 1.0), logits
+
+
+def test_tracks_live_on_disk_and_the_panel_says_why_objects_were_lost(widget, scene, qtbot):
+    import zarr
+
+    viewer, w = widget(scene[:], _DoubtfulFrom(scene, 40))
+    panel = w.track
+    layer = panel.layers[T.TRACKS]
+    assert isinstance(layer.data, zarr.Array) and layer.data.shape == (60, 128, 128)  # not in memory
+    prompt_scene(w, scene, 30)
+    panel.direction_box.setCurrentText("forward")
+    panel.run()
+    wait_done(qtbot, w)
+    on_disk = zarr.open_array(layer.data.store, mode="r")  # what another reader of the store sees
+    assert on_disk[35].max() > 0 and not on_disk[45].any()
+    viewer.dims.current_step = (35, 0, 0)
+    assert panel.lost_label.text() == ""
+    viewer.dims.current_step = (40, 0, 0)
+    lost = panel.lost_on_shown_frame()
+    assert set(lost) == {1, 2, 3} and all("low predicted IoU" in why for why in lost.values())
+    assert "object 1 lost: low predicted IoU" in panel.lost_label.text()
+    table = panel.table()
+    assert set(table[(table["frame"] == 40)]["reason"]) == {"low-iou"}
+    # painting a correction goes to the store too
+    layer.paint((44, 60, 60), 7)
+    assert zarr.open_array(layer.data.store, mode="r")[44, 60, 60] == 7
+
+    # lenient: the doubted masks are kept
+    panel.settings_panel.lenient_check.setChecked(True)
+    assert not panel.settings_panel.min_score_box.isEnabled()
+    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown frame's embedding
+    panel.run()
+    wait_done(qtbot, w)
+    assert all(set(np.unique(layer.data[t])) >= {1, 2, 3} for t in range(40, 44))  # up to the key frame 44
+    assert panel.lost_on_shown_frame() == {}
+

@@ -47,7 +47,7 @@ def _compressor():
 def _create(path: Path, shape: tuple[int, ...], dtype: np.dtype):
     import zarr
 
-    chunks = (1, *(min(s, MAX_CHUNK_SIDE) for s in shape[1:]))
+    chunks = (*(1 for _ in shape[:-2]), *(min(s, MAX_CHUNK_SIDE) for s in shape[-2:]))
     return zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                              zarr_format=2, compressors=_compressor(), overwrite=True)
 
@@ -81,8 +81,8 @@ class LabelStore:
         self.path = Path(path)
         if shape is not None:
             shape = tuple(int(s) for s in shape)
-            if len(shape) != 3 or min(shape) < 1:
-                raise ValueError(f"a label store is (T, H, W) with every size >= 1, got {shape}")
+            if len(shape) < 3 or min(shape) < 1:
+                raise ValueError(f"a label store is (T, H, W) or (T, Z, H, W) with every size >= 1, got {shape}")
             if not np.issubdtype(np.dtype(dtype), np.integer):
                 raise ValueError(f"labels must be an integer dtype, got {np.dtype(dtype)}")
             if self.path.exists():
@@ -94,12 +94,12 @@ class LabelStore:
             if not (self.path / ".zarray").is_file() and not (self.path / "zarr.json").is_file():
                 raise FileNotFoundError(f"No label store (zarr folder) at {self.path}.")
             self.array = zarr.open_array(str(self.path), mode="r+")
-            if self.array.ndim != 3 or not np.issubdtype(self.array.dtype, np.integer):
+            if self.array.ndim < 3 or not np.issubdtype(self.array.dtype, np.integer):
                 raise ValueError(f"{self.path} does not hold (T, H, W) integer labels "
                                  f"(shape {self.array.shape}, {self.array.dtype})")
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
 
     @property
@@ -108,7 +108,7 @@ class LabelStore:
 
     @property
     def ndim(self) -> int:
-        return 3
+        return len(self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]

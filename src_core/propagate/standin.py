@@ -78,7 +78,8 @@ class StandInSegmenter:
         self._labels = labels.astype(np.int64, copy=False)
         self.original_size = labels.shape
         self._image_key = zlib.crc32(np.ascontiguousarray(labels).view(np.uint8))
-        ids = np.unique(labels)
+        counts = np.bincount(self._labels.ravel()) if self._labels.size and self._labels.min() >= 0 else None
+        ids = np.flatnonzero(counts) if counts is not None else np.unique(labels)
         self._ids = ids[ids > 0]
         slices = ndi.find_objects(self._labels)
         self._objects = {int(i): slices[int(i) - 1] for i in self._ids}
@@ -124,8 +125,8 @@ class StandInSegmenter:
         masks = [mask]
         scores = [min(max(score, 0.0), 1.0)]
         if multimask_output:
-            larger = mask | np.isin(self._labels, runner_up) if runner_up else ndi.binary_dilation(mask, iterations=2)
-            masks += [larger, ndi.binary_erosion(mask, iterations=2)]
+            larger = mask | np.isin(self._labels, runner_up) if runner_up else _near(ndi.binary_dilation, mask, 2)
+            masks += [larger, _near(ndi.binary_erosion, mask, 2)]
             scores += [scores[0] - 0.12, scores[0] - 0.2]
         grid = self.mask_input_size[0]
         low_res = np.concatenate([mask_to_logits(m, grid) for m in masks])
@@ -197,10 +198,23 @@ class StandInSegmenter:
     def _noisy(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.boundary_noise <= 0 or not mask.any():
             return mask
-        inner = mask & ~ndi.binary_erosion(mask)
-        outer = ndi.binary_dilation(mask) & ~mask
+        inner = mask & ~_near(ndi.binary_erosion, mask, 1)
+        outer = _near(ndi.binary_dilation, mask, 1) & ~mask
         flips = rng.random(mask.shape) < self.boundary_noise
         return (mask & ~(inner & flips)) | (outer & flips)
+
+
+def _near(operation: Callable, mask: np.ndarray, iterations: int) -> np.ndarray:
+    """A binary erosion or dilation of ``mask``, computed only around it (the same result)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return mask.copy()
+    m = iterations + 1
+    y0, y1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, mask.shape[0])
+    x0, x1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, mask.shape[1])
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = operation(mask[y0:y1, x0:x1], iterations=iterations)
+    return out
 
 
 def _prompt_key(points, labels, box, mask_input) -> int:
@@ -212,11 +226,23 @@ def _prompt_key(points, labels, box, mask_input) -> int:
     return zlib.crc32(b"|".join(parts))
 
 
-def _signed_distance(mask: np.ndarray, sharpness: float) -> np.ndarray:
-    """Logit-like values: ``sharpness`` times the distance to the boundary, positive inside."""
+def _signed_distance(mask: np.ndarray, sharpness: float, margin: int = 16) -> np.ndarray:
+    """Logit-like values: ``sharpness`` times the distance to the boundary, positive inside.
+
+    Computed in a window ``margin`` pixels around the mask (exact there: the
+    window's border is background) and ``-sharpness * margin`` beyond it, so a
+    small object on a large frame costs what the object costs.
+    """
     if not mask.any():
         return np.full(mask.shape, -10.0)
-    return sharpness * (ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask))
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    y0, y1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, mask.shape[0])
+    x0, x1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, mask.shape[1])
+    window = mask[y0:y1, x0:x1]
+    out = np.full(mask.shape, -float(margin))
+    out[y0:y1, x0:x1] = np.maximum(
+        ndi.distance_transform_edt(window) - ndi.distance_transform_edt(~window), -float(margin))
+    return sharpness * out
 
 
 def ground_truth_lookup(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
