@@ -1,7 +1,7 @@
 """Measure propagation on synthetic ground-truth videos: J, ID switches, MOTA, IDF1.
 
 Run: ``python scripts/eval_tracking.py [--scenes crossing,reentry] [--recipes full,box]
-[--checkpoint PATH --model-type vit_tiny] [--key point|box|mask]``
+[--checkpoint PATH --model-type vit_tiny] [--key point|box|mask] [--lenient]``
 
 Every scene of :mod:`src_core.propagate.synthetic` is tracked from prompts made
 from its ground truth on frame 0 (``--key``), once per prompt recipe, with the
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src_core.propagate import RECIPES, TrackingWriter, evaluate, propagate  # noqa: E402
+from src_core.propagate import LENIENT, RECIPES, TrackingWriter, evaluate, propagate  # noqa: E402
 from src_core.propagate.standin import StandInSegmenter  # noqa: E402
 from src_core.propagate.synthetic import SCENES, make_scene  # noqa: E402
 
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="also run the real model with these weights")
     parser.add_argument("--model-type", default="vit_tiny")
     parser.add_argument("--random-weights", action="store_true", help="run the real model untrained (plumbing)")
+    parser.add_argument("--lenient", action="store_true",
+                        help="also run every recipe with the lenient QC (LENIENT), to measure what it costs")
     args = parser.parse_args()
 
     scenes = [make_scene(name, size=args.size) for name in args.scenes.split(",")]
@@ -76,8 +78,9 @@ def main() -> None:
     summary: dict[str, list[float]] = {}
     for scene in scenes:
         for seg_name, make in segmenters:
-            for recipe in recipes:
-                out = run(scene, make(scene), recipe, args.key)
+            for recipe, qc in [(r, q) for r in recipes for q in ([None, LENIENT] if args.lenient else [None])]:
+                out = run(scene, make(scene), recipe, args.key, qc)
+                recipe = recipe if qc is None else f"{recipe}/lenient"
                 s = out["scores"]
                 counts = " ".join(f"{k}:{v}" for k, v in sorted(out["counts"].items()))
                 print(f"{scene.name:10s} {seg_name:12s} {recipe:17s} {s.mean_j:6.3f} {s.id_switches:4d} "

@@ -3,7 +3,11 @@
 For every image of a dataset (a folder, a glob pattern, a TIFF stack or a
 video) :func:`run_batch` writes ``KEY.tif``, a label image (uint16, or uint32
 beyond 65,535 masks; label ``k`` is annotation ``k``, where masks overlap the
-smaller one is on top) and ``KEY.json``, SA-1B style::
+smaller one is on top) and ``KEY.json``, SA-1B style. The planes of a stack
+and the frames of a video write their labels into one store for the file,
+``FILE.zarr`` (uint32, one compressed chunk per plane, the store the tracker
+writes too: :class:`~src_core.propagate.labelstore.LabelStore`), at the
+plane's index (``labels_index`` in its JSON), instead of a TIFF each::
 
     {"image": {"image_id", "file_name", "width", "height", "source", ...},
      "annotations": [{"id", "segmentation" (COCO RLE), "area", "bbox" (XYWH),
@@ -155,24 +159,36 @@ class BatchSummary:
 # --------------------------------------------------------------------------
 
 
-def output_paths(out_dir: str | os.PathLike, key: str) -> tuple[Path, Path]:
-    """The label TIFF and the JSON of image ``key``."""
+def output_paths(out_dir: str | os.PathLike, item: ImageItem | str) -> tuple[Path, Path]:
+    """The labels and the JSON of an image: ``KEY.tif``, or for the planes of a stack and
+    the frames of a video their file's store ``GROUP.zarr`` (one chunk per plane)."""
     out = Path(out_dir)
-    return out / f"{key}.tif", out / f"{key}.json"
+    key = item if isinstance(item, str) else item.key
+    group = None if isinstance(item, str) else item.group
+    return out / (f"{key}.tif" if group is None else f"{group}.zarr"), out / f"{key}.json"
 
 
-def outputs_complete(out_dir: str | os.PathLike, key: str) -> bool:
-    """Whether both outputs of ``key`` exist and are valid (so the image can be skipped)."""
-    labels_path, json_path = output_paths(out_dir, key)
-    if not (labels_path.is_file() and json_path.is_file()):
+def outputs_complete(out_dir: str | os.PathLike, item: ImageItem | str) -> bool:
+    """Whether both outputs of an image exist and are valid (so the image can be skipped).
+
+    A plane's or frame's labels are in its file's store: its JSON, written after them,
+    says they are complete.
+    """
+    labels_path, json_path = output_paths(out_dir, item)
+    if not (labels_path.exists() and json_path.is_file()):
         return False
     try:
-        import tifffile
-
         record = json.loads(json_path.read_text(encoding="utf-8"))
         image = record["image"]
-        if not isinstance(record["annotations"], list):
+        if not isinstance(record["annotations"], list) or image.get("labels") != labels_path.name:
             return False
+        if labels_path.is_dir():
+            from .propagate.labelstore import LabelStore
+
+            shape = LabelStore(labels_path).shape
+            return shape[1:] == (image["height"], image["width"]) and image.get("labels_index") == item.index
+        import tifffile
+
         with tifffile.TiffFile(labels_path) as tif:
             page = tif.pages[0]
             return (tuple(page.shape) == (image["height"], image["width"])
@@ -206,15 +222,23 @@ def _write_outputs(item: ImageItem, job: LabelJob, model_type: str, records: lis
                    labels: np.ndarray, tiled: bool = False) -> None:
     import tifffile
 
-    labels_path, json_path = output_paths(job.out_dir, item.key)
+    labels_path, json_path = output_paths(job.out_dir, item)
     height, width = labels.shape
     image = {"image_id": item.image_id, "file_name": Path(item.path).name,
              "width": width, "height": height, "source": item.path}
     if item.kind != "image":
         image[item.kind] = item.index
     image.update(labels=labels_path.name, model=model_type)
+    if item.group is not None:
+        image["labels_index"] = item.index
     annotations = [{"id": k + 1, **r} for k, r in enumerate(records)]
     document = json.dumps({"image": image, "annotations": annotations}, default=_jsonable)
+    if item.group is not None:  # the file's store, this plane: written before the JSON that says it is done
+        from .propagate.labelstore import ensure_store
+
+        ensure_store(labels_path, (item.count, height, width), np.uint32).array[item.index] = labels
+        _write_atomic(json_path, lambda f: f.write(document.encode("utf-8")))
+        return
     tiles = {"tile": (256, 256)} if tiled else {}  # large label images: a tiled TIFF
     _write_atomic(labels_path, lambda f: tifffile.imwrite(f, labels, compression="zlib", **tiles))
     try:
@@ -420,7 +444,7 @@ def run_batch(
 
     todo = []
     for item in items:
-        if not overwrite and outputs_complete(out, item.key):
+        if not overwrite and outputs_complete(out, item):
             report(ImageResult(item.key, "skipped"))
         elif item.problem:
             report(ImageResult(item.key, "failed", item.problem))

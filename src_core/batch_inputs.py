@@ -33,7 +33,9 @@ class ImageItem:
     """One image of a dataset: a whole file, one plane of a TIFF stack or one video frame.
 
     ``key`` names its outputs; ``problem`` says why a file found while listing
-    a folder cannot be labelled (it is then reported, not run).
+    a folder cannot be labelled (it is then reported, not run). The planes of a
+    stack and the frames of a video share ``group`` (the file's key: their labels
+    go into one store, ``group.zarr``, at ``index`` of ``count``).
     """
 
     key: str
@@ -42,6 +44,8 @@ class ImageItem:
     index: int | None = None
     image_id: int = 0
     problem: str | None = None
+    group: str | None = None
+    count: int = 1
 
 
 def _one_line(exc: BaseException) -> str:
@@ -150,7 +154,8 @@ def list_images(source: str | os.PathLike) -> list[ImageItem]:
         width = max(4, len(str(len(units) - 1)))
         for kind, index in units:
             name = key if index is None else f"{key}_{index:0{width}d}"
-            items.append(ImageItem(name, str(file.resolve()), kind, index, len(items), problem))
+            group = None if index is None else key
+            items.append(ImageItem(name, str(file.resolve()), kind, index, len(items), problem, group, len(units)))
     return items
 
 

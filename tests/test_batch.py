@@ -72,15 +72,27 @@ def outputs(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir())
 
 
-def check_pair(out: Path, key: str, shape: tuple[int, int]) -> dict:
-    """The JSON of ``key``, after checking it against its label image and pycocotools."""
-    labels = tifffile.imread(out / f"{key}.tif")
+def check_pair(out: Path, key: str, shape: tuple[int, int], store: str | None = None) -> dict:
+    """The JSON of ``key``, after checking it against its label image and pycocotools.
+
+    ``store``: the planes of a stack (frames of a video) have their labels in their
+    file's zarr store, at the plane's index, not in a TIFF each.
+    """
     doc = json.loads((out / f"{key}.json").read_text())
-    assert labels.dtype == np.uint16 and labels.shape == shape
     image = doc["image"]
+    if store is None:
+        labels = tifffile.imread(out / f"{key}.tif")
+        assert labels.dtype == np.uint16 and labels.shape == shape
+        assert image["labels"] == f"{key}.tif"
+    else:
+        import zarr
+
+        labels = zarr.open_array(out / store, mode="r")[image["labels_index"]]  # any zarr reader
+        assert labels.dtype == np.uint32 and labels.shape == shape
+        assert image["labels"] == store and not (out / f"{key}.tif").exists()
     assert (image["height"], image["width"]) == shape
     assert {"image_id", "file_name", "source", "labels", "model"} <= set(image)
-    assert image["labels"] == f"{key}.tif" and image["model"] == "vit_tiny"
+    assert image["model"] == "vit_tiny"
     masks = []
     for k, ann in enumerate(doc["annotations"], 1):
         assert ann["id"] == k
@@ -150,9 +162,18 @@ def test_tiff_stack_planes_and_rgb_tiff(capsys, checkpoint, tmp_path):
     assert code == 0, err
     assert "done 3" in stdout
     for i in range(3):
-        doc = check_pair(out, f"stack_{i:04d}", (64, 72))
+        doc = check_pair(out, f"stack_{i:04d}", (64, 72), store="stack.zarr")
         assert doc["image"]["plane"] == i and doc["image"]["file_name"] == "stack.tif"
         assert doc["image"]["image_id"] == i
+    import zarr
+
+    # resuming: a plane whose JSON is missing is redone into the same store, the others are skipped
+    (out / "stack_0001.json").unlink()
+    before = np.asarray(zarr.open_array(out / "stack.zarr", mode="r")[:])
+    code, stdout, err = label(capsys, checkpoint, stack, "-o", out)
+    assert code == 0 and "done 1" in stdout and "skipped 2" in stdout, stdout + err
+    check_pair(out, "stack_0001", (64, 72), store="stack.zarr")
+    np.testing.assert_array_equal(zarr.open_array(out / "stack.zarr", mode="r")[:], before)
     items = batch.list_images(tmp_path / "rgb.tif")
     assert [(i.key, i.kind, i.index) for i in items] == [("rgb", "image", None)]
     assert batch.read_image(batch.list_images(stack)[2]).shape == (64, 72)
@@ -168,7 +189,7 @@ def test_video_frames(capsys, checkpoint, tmp_path):
     assert code == 0, err
     assert "done 3" in stdout
     for i in range(3):
-        doc = check_pair(out, f"clip_{i:04d}", (64, 64))
+        doc = check_pair(out, f"clip_{i:04d}", (64, 64), store="clip.zarr")
         assert doc["image"]["frame"] == i
     # a process keeps the video open: frames after the first cost one decode each
     videos = VideoReaders()

@@ -44,12 +44,16 @@ def _compressor():
     return Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
 
 
-def _create(path: Path, shape: tuple[int, ...], dtype: np.dtype):
+def _create(path: Path, shape: tuple[int, ...], dtype: np.dtype, overwrite: bool = True):
     import zarr
 
-    chunks = (*(1 for _ in shape[:-2]), *(min(s, MAX_CHUNK_SIDE) for s in shape[-2:]))
-    return zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                             zarr_format=2, compressors=_compressor(), overwrite=True)
+    return zarr.create_array(store=str(path), shape=shape, chunks=_chunks(shape), dtype=dtype, fill_value=0,
+                             zarr_format=2, compressors=_compressor(), overwrite=overwrite)
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One chunk per plane (tiles of at most MAX_CHUNK_SIDE on very large planes)."""
+    return (*(1 for _ in shape[:-2]), *(min(s, MAX_CHUNK_SIDE) for s in shape[-2:]))
 
 
 class LabelStore:
@@ -173,6 +177,28 @@ class LabelStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def ensure_store(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> LabelStore:
+    """Open the store at ``path``, or create it (empty) when there is none.
+
+    Safe when several processes call it at once for the same store (each frame a
+    chunk of its own, they then write different files). A store of another shape
+    is refused.
+    """
+    path = Path(path)
+    try:
+        store = LabelStore(path)
+    except FileNotFoundError:
+        try:
+            _create(path, tuple(shape), np.dtype(dtype), overwrite=False)
+        except Exception:  # noqa: BLE001 (zarr's "already exists" has no stable type): another process made it first
+            pass
+        store = LabelStore(path)
+    if store.shape != tuple(shape):
+        raise ValueError(f"{path} holds labels of shape {store.shape}, not {tuple(shape)}: "
+                         "remove it (or choose another output folder)")
+    return store
 
 
 def _remove(path: Path) -> None:
