@@ -69,6 +69,8 @@ def test_a_long_1024px_video_tracks_to_the_end_with_small_outputs(capsys, monkey
     sizes = {f.name: f.stat().st_size for f in out.iterdir() if f.is_file()}
     sizes["labels.zarr"] = labels.nbytes_on_disk()
     total = sum(sizes.values())
+    print(f"\noutputs of {N} frames of {SIDE}x{SIDE}: {total / 2**20:.2f} MiB in all; "
+          + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sorted(sizes.items())))
     assert total < 50 * 2**20, sizes  # the target for the whole output folder
     assert sizes["labels.zarr"] < 10 * 2**20, sizes
 
