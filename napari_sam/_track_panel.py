@@ -178,6 +178,7 @@ class TrackPanel(QWidget):
         self.lost_label = QLabel("")
         self.lost_label.setWordWrap(True)
         self.lost_label.setToolTip("Why objects were lost on the shown frame (the table's reason column).")
+        self.lost_label.setVisible(False)
         self.keys_label = QLabel("key frames: none")
         self.keys_label.setWordWrap(True)
         key_buttons = QHBoxLayout()
@@ -509,6 +510,7 @@ class TrackPanel(QWidget):
         """Say on the panel why objects were lost on the frame shown."""
         lost = self.lost_on_shown_frame()
         self.lost_label.setText("; ".join(f"object {i} lost: {why}" for i, why in sorted(lost.items())))
+        self.lost_label.setVisible(bool(lost))
 
     def _on_outcome(self, outcome: TrackOutcome) -> None:
         self.outcome = outcome
