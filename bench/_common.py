@@ -50,3 +50,19 @@ def best_time(fn, repeats: int, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+class Timed:
+    """Adds up the time spent in calls: ``timer(fn, *args)`` calls ``fn`` and counts it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1

@@ -31,29 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine
+from _common import Timed, machine
 
 from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
 from src_core.predictor import SamPredictor
 from src_core.propagate import ACCEPT_ALL, LabelFile, TrackingWriter, propagate
 from src_core.propagate.standin import StandInSegmenter
 from src_core.propagate.synthetic import make_scene
-
-
-class Timed:
-    """Adds up the time spent in calls."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-
-    def __call__(self, fn, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
 
 
 class TimedFrames:

@@ -21,25 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine
+from _common import Timed, machine
 
 from src_core.propagate import ObjectPrompt
 from src_core.propagate import outputs as outputs_module
 from src_core.propagate.run import RunSettings, TrackingRun
-
-
-class Timed:
-    """Adds up the time spent in calls."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def __call__(self, fn, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
 
 
 class TimedFrames:
