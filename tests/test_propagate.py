@@ -43,7 +43,7 @@ from src_core.propagate import (
     tracks_data,
     write_overlay_video,
 )
-from src_core.propagate.masks import logits_to_mask, mask_to_logits, shift_logits
+from src_core.propagate.masks import logits_to_mask, mask_stats, mask_to_logits, shift_logits
 from src_core.propagate.motion import MotionModel, predicted_box
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
 from src_core.propagate.synthetic import make_scene
@@ -395,6 +395,50 @@ def test_tracks_graph_for_divisions(cells):
     data, graph = writer.close()
     assert graph == {6: [1], 7: [1]}
     assert set(np.unique(data[:, 0]).astype(int)) == {1, 2, 3, 4, 5, 6, 7}
+
+
+def test_label_store_grows_with_frames_widens_and_converts(tmp_path):
+    import zarr
+
+    from src_core.propagate import (
+        FrameResult, LabelStore, ObjectResult, export_npy, export_tiff, open_labels, smallest_label_dtype,
+    )
+    from src_core.propagate.labelstore import ensure_store
+
+    assert [smallest_label_dtype(i) for i in (0, 255, 256, 70000)] == [np.uint8, np.uint8, np.uint16, np.uint32]
+    path = tmp_path / "labels.zarr"
+    store = LabelStore(path, (6, 40, 50))
+    assert store.dtype == np.uint8 and store.frames_written() == []
+    frame = np.zeros((40, 50), np.uint8)
+    frame[5:9, 10:20] = 3
+    store[2] = frame
+    store[4] = np.zeros((40, 50), np.uint8)  # an empty frame holds no file
+    assert store.frames_written() == [2]
+    with pytest.raises(FileExistsError):
+        LabelStore(path, (6, 40, 50))
+    # an id past the type widens the store in place; what was there stays
+    mask = np.zeros((40, 50), bool)
+    mask[20:30, 20:30] = True
+    paint_labels(store, FrameResult(3, {300: ObjectResult(300, "tracked", mask, 0.9, mask_stats(mask))}))
+    assert store.dtype == np.uint16 and store[3][25, 25] == 300
+    np.testing.assert_array_equal(store[2], frame)
+    reopened = open_labels(path)
+    assert reopened.dtype == np.uint16 and zarr.open_array(path, mode="r")[3, 25, 25] == 300
+    with pytest.raises(ValueError, match="does not fit"):  # a plain array would wrap the id around
+        paint_labels(np.zeros((6, 40, 50), np.uint8), FrameResult(3, {300: ObjectResult(300, "tracked", mask, 0.9,
+                                                                                        mask_stats(mask))}))
+    # conversions for other readers
+    np.testing.assert_array_equal(np.load(export_npy(reopened, tmp_path / "l.npy")), np.asarray(reopened))
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(export_tiff(reopened, tmp_path / "l.tif")), np.asarray(reopened))
+    assert isinstance(open_labels(tmp_path / "l.npy"), LabelFile)
+    with pytest.raises(FileNotFoundError):
+        open_labels(tmp_path / "missing.zarr")
+    # a store shared by processes: opened as it is, refused when of another shape
+    assert ensure_store(path, (6, 40, 50), np.uint32).dtype == np.uint16
+    with pytest.raises(ValueError, match="holds labels of shape"):
+        ensure_store(path, (7, 40, 50), np.uint32)
 
 
 def test_label_file_round_trip_and_no_silent_overwrite(tmp_path):
