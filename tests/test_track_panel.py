@@ -705,3 +705,25 @@ def test_tracks_live_on_disk_and_the_panel_says_why_objects_were_lost(widget, sc
     assert all(set(np.unique(layer.data[t])) >= {1, 2, 3} for t in range(40, 44))  # up to the key frame 44
     assert panel.lost_on_shown_frame() == {}
 
+
+
+def test_track_labels_open_in_napari_as_a_lazy_labels_layer(make_napari_viewer, tmp_path):
+    """What `napari-sam track` wrote (labels.zarr) opens through the plugin's reader, backed by the store."""
+    import zarr
+
+    from napari_sam._reader import get_labels_reader
+    from src_core.propagate import LabelStore
+
+    store = LabelStore(tmp_path / "run" / "labels.zarr", (30, 64, 80))
+    frame = np.zeros((64, 80), np.uint8)
+    frame[10:20, 30:40] = 2
+    store[17] = frame
+    other = zarr.create_array(store=str(tmp_path / "image.zarr"), shape=(4, 4), dtype=np.uint8)
+    assert get_labels_reader(str(tmp_path / "image.zarr")) is None and other is not None  # not ours
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "run" / "labels.zarr"), plugin="napari-sam")
+    assert layer._type_string == "labels" and layer.name == "run labels"
+    assert isinstance(layer.data, zarr.Array) and layer.data.shape == (30, 64, 80)
+    np.testing.assert_array_equal(layer.data[17], frame)
+    layer.paint((3, 5, 5), 4)  # a correction goes into the store
+    assert LabelStore(tmp_path / "run" / "labels.zarr")[3][5, 5] == 4

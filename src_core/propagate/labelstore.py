@@ -10,7 +10,7 @@ integer that holds the ids; painting a larger id widens the store in place
 (rewritten frame by frame) rather than wrapping around.
 
 ``np.asarray(open_labels("labels.zarr"))``, ``zarr.open_array("labels.zarr")``
-or napari's File > Open read it; :func:`export_npy` and :func:`export_tiff`
+or napari's File > Open (napari-sam's reader: a lazy Labels layer) read it; :func:`export_npy` and :func:`export_tiff`
 convert it for tools that want a ``.npy`` file or a (compressed Big)TIFF.
 """
 
@@ -26,6 +26,8 @@ import numpy as np
 #: Largest tile of a frame stored as one chunk (a frame larger than this is several chunks).
 MAX_CHUNK_SIDE = 4096
 _UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
+#: The attribute that marks a zarr array as napari-sam labels.
+MARK = "napari_sam"
 
 
 def smallest_label_dtype(max_id: int) -> np.dtype:
@@ -47,8 +49,10 @@ def _compressor():
 def _create(path: Path, shape: tuple[int, ...], dtype: np.dtype, overwrite: bool = True):
     import zarr
 
-    return zarr.create_array(store=str(path), shape=shape, chunks=_chunks(shape), dtype=dtype, fill_value=0,
-                             zarr_format=2, compressors=_compressor(), overwrite=overwrite)
+    array = zarr.create_array(store=str(path), shape=shape, chunks=_chunks(shape), dtype=dtype, fill_value=0,
+                              zarr_format=2, compressors=_compressor(), overwrite=overwrite)
+    array.attrs[MARK] = "labels"  # napari-sam's reader opens such a folder as a Labels layer
+    return array
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -206,6 +210,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def is_label_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zarr folder napari-sam wrote labels into (a :class:`LabelStore`)."""
+    import json
+
+    attrs = Path(path) / ".zattrs"
+    try:
+        return json.loads(attrs.read_text()).get(MARK) == "labels"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def open_labels(path: str | os.PathLike) -> Any:
