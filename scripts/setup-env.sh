@@ -41,6 +41,7 @@ from importlib.metadata import version
 torch = version("torch")
 version("napari-sam")
 version("open_clip_torch")
+version("sam2")
 sys.exit(0 if torch.split("+")[0] == sys.argv[1] else 1)
 PYEOF
 }
@@ -57,6 +58,10 @@ pip_install=("$PY" -m pip install --quiet --progress-bar off --disable-pip-versi
 # another build and add torchvision; its real imports are ftfy and regex (the
 # "text" extra) and tqdm. Pinned here, as it is not part of the "text" extra.
 "${pip_install[@]}" -c constraints.txt --no-deps "open_clip_torch==3.3.0"
+# Meta's sam2 (test-only, for the SAM 2.1 parity tests), from its source
+# distribution without its CUDA extension and without its dependencies (they
+# would replace torch and add torchvision; the tests carry a torchvision stand-in).
+SAM2_BUILD_CUDA=0 "${pip_install[@]}" -c constraints.txt --no-deps --no-build-isolation "sam2==1.1.0"
 
 if ! installed_ok; then
     echo "setup-env: after installing, torch is not ${TORCH_PIN#torch==} or napari-sam is missing" >&2
