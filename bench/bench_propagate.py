@@ -37,7 +37,7 @@ from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
 from src_core.predictor import SamPredictor
 from src_core.propagate import ACCEPT_ALL, LabelFile, TrackingWriter, propagate
 from src_core.propagate.standin import StandInSegmenter
-from src_core.propagate.synthetic import make_scene
+from src_core.synthetic.videos import make_scene
 
 
 class TimedFrames:

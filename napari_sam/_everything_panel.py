@@ -36,7 +36,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_core.automatic.generator import GenerationCancelled
+from src_core.automatic.settings import DEFAULTS
+from src_core.jobs import Cancelled
 
 from . import _layers as L
 from . import _tiled as T
@@ -51,11 +52,11 @@ UNDO_LIMIT = 20_000_000
 class EverythingSettings:
     """What the panel asks of segment everything."""
 
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_mask_region_area: int = 0
-    crop_n_layers: int = 0
+    points_per_side: int = DEFAULTS.points_per_side
+    pred_iou_thresh: float = DEFAULTS.pred_iou_thresh
+    stability_score_thresh: float = DEFAULTS.stability_score_thresh
+    min_mask_region_area: int = DEFAULTS.min_mask_region_area
+    crop_n_layers: int = DEFAULTS.crop_n_layers
     all_slices: bool = False
     link_min_iou: float = 0.3
 
@@ -111,7 +112,7 @@ def segment_planes(
             rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         try:
             records = generator.generate(rgb, progress=plane_progress, should_stop=should_stop)
-        except GenerationCancelled:
+        except Cancelled:
             # caught here: napari's generator workers swallow RuntimeErrors silently
             return None
         slices.append(masks_to_label_image(records, rgb.shape[:2]))
@@ -138,7 +139,7 @@ def segment_large_plane(
             generator, source, tile_size, overlap, output_mode="crop",
             progress=report, should_stop=should_stop, **normalization,
         )
-    except GenerationCancelled:
+    except Cancelled:
         return None
 
 
@@ -371,7 +372,7 @@ class EverythingPanel(QWidget):
             return
         count = last - first + 1
         undo = "" if undoable else " (too large to undo)"
-        self.host._set_status(f"Segment everything: {count} objects, ids {first}-{last}{undo}.")
+        self.host._set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")
 
     def _on_done(self) -> None:
         if self._stop.is_set():  # no result came (the job was aborted): say so

@@ -12,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[Union[str, list[str]]], list[LayerDataTuple]]
 
 
 def get_reader(path: Union[str, list[str]]) -> Optional[ReaderFunction]:
-    """The video reader for one .mp4/.avi/.mov/.mkv path (any case), else None."""
+    """The video reader for one video path (``src_core.video.VIDEO_SUFFIXES``, any case), else None."""
+    from src_core.video import VIDEO_SUFFIXES
+
     if not isinstance(path, (str, Path)):
         return None  # napari passes a list for a multi-file open: not ours
     if Path(path).suffix.lower() not in VIDEO_SUFFIXES:

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_core.automatic.generator import GenerationCancelled
+from src_core.jobs import Cancelled
 
 from . import _layers as L
 from . import _tiled as T
@@ -170,7 +170,6 @@ class TextPanel(QWidget):
         self._stop.clear()
 
         def work():
-            from src_core.model.image_encoder import EncodingCancelled
             from src_core.text import TextExtraMissing, TextPromptError, segment_text, segment_text_tiled
 
             try:
@@ -186,7 +185,7 @@ class TextPanel(QWidget):
                     threshold=threshold, top_k=top_k, generator=generator, set_image=set_image,
                     normalization=normalization, progress=report, should_stop=stop,
                 )
-            except (GenerationCancelled, EncodingCancelled):
+            except Cancelled:
                 return "cancelled", None
             except (TextPromptError, TextExtraMissing, FileNotFoundError, ValueError, RuntimeError) as err:
                 # returned, not raised: napari's workers would swallow some RuntimeErrors
@@ -296,7 +295,7 @@ class TextPanel(QWidget):
         if not first:
             host._set_status("SAM text: nothing new to commit (the matches are labelled already).")
         else:
-            host._set_status(f"committed {last - first + 1} objects, ids {first}-{last}")
+            host._set_status(f"committed {last - first + 1} object{'s' * (last != first)}, ids {first}-{last}")
 
     def track_matches(self) -> None:
         """Give each match to the Track panel as a new object: its box on the shown frame."""

@@ -39,14 +39,15 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QWidget,
     QVBoxLayout,
+    QWidget,
 )
 
 from src_core.propagate import (
     DIRECTIONS,
     PropagationError,
     TrackingWriter,
+    frames_visited,
     propagate,
     propagate_volume,
     resume_prompts,
@@ -79,7 +80,7 @@ def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
     :class:`TrackOutcome`. Never raises a RuntimeError: napari's generator workers
     swallow those without finishing.
     """
-    from src_core.model.image_encoder import EncodingCancelled
+    from src_core.jobs import Cancelled
 
     done = 0
     try:
@@ -90,7 +91,7 @@ def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
             yield result
             if should_stop():
                 return TrackOutcome("cancelled", done)
-    except EncodingCancelled:
+    except Cancelled:
         return TrackOutcome("cancelled", done)
     except PropagationError as err:
         return TrackOutcome("stopped", done, str(err))
@@ -404,7 +405,7 @@ class TrackPanel(QWidget):
         except ValueError as err:
             show_error(f"Track: {err}")
             return
-        self._clear(along, tracks, self._visited(prompts, direction, start, stop) - keys)
+        self._clear(along, tracks, frames_visited(prompts, direction, start, stop) - keys)
         self.writer, self._run_axis, self._done = TrackingWriter(tracks), along, 0
         self._stop.clear()
         keep = lambda frame: along.plane(frame) in self._key_planes  # noqa: E731 (read live: painted mid-run too)
@@ -423,16 +424,6 @@ class TrackPanel(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         host._run(worker)
-
-    @staticmethod
-    def _visited(prompts, direction: str, start: int, stop: int) -> set[int]:
-        """The frames a run will fill (as the engine plans its passes)."""
-        frames = [p.frame for p in prompts if start <= p.frame < stop]
-        if direction == "forward":
-            return set(range(min(frames), stop))
-        if direction == "backward":
-            return set(range(start, max(frames) + 1))
-        return set(range(start, stop))
 
     def _clear(self, along: T.TrackAxis, tracks, frames: set[int]) -> None:
         """Forget what earlier runs left on ``frames`` (labels and table rows): the run fills them again."""
@@ -493,7 +484,7 @@ class TrackPanel(QWidget):
                 self._lost[plane] = {i: result.objects[i].reason for i in lost}
             self.show_lost()
         self.host._set_status(
-            f"frame {result.frame}: {len(result.objects) - len(lost)} objects"
+            f"frame {result.frame}: {len(result.objects) - len(lost)} object{'s' * (len(result.objects) - len(lost) != 1)}"
             + (f", lost {lost}" if lost else "")
             + f" ({result.step}/{result.total})"
         )

@@ -17,6 +17,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
+from src_core.preprocess import blank_value
 from src_core.tiling import TiledCandidates, TiledObjectSegmenter
 
 from . import _layers as L
@@ -54,6 +55,7 @@ class SegmentAnythingWidget(QWidget):
         self.segmenter: ObjectSegmenter | None = None
         self.layers: dict = {}
         self._embedded: tuple | None = None  # (layer id, plane, settings, channels) embedded
+        self._blank: tuple | None = None  # the embedded plane, when it is blank (one value everywhere)
         self._cancelled: tuple | None = None  # the embedding the user cancelled
         self._worker = None
         self._decode_pending = False
@@ -285,9 +287,9 @@ class SegmentAnythingWidget(QWidget):
         worker.start()
 
     def _on_error(self, exc: Exception) -> None:
-        from src_core.model.image_encoder import EncodingCancelled
+        from src_core.jobs import Cancelled
 
-        if isinstance(exc, EncodingCancelled):
+        if isinstance(exc, Cancelled):
             # not again by itself: a new plane or a new prompt asks for it
             self._cancelled = self._embedding_key()
             self._set_status("Embedding cancelled; change plane or add a prompt to embed again.")
@@ -342,10 +344,11 @@ class SegmentAnythingWidget(QWidget):
         self._set_status(f"Embedding '{image.name}'{where} ...")
         model_id = getattr(getattr(predictor, "model", None), "weights_id", None)
         cache = self._embedding_cache() if model_id else None
-        failures = []
+        failures, blank = [], []
 
         def embed():
             data = plane_data(plane)  # lazy data (video, dask) is read here, off the UI thread
+            blank.append(blank_value(data))
             if cache is None:
                 predictor.set_image(data, **kwargs)
             else:
@@ -357,7 +360,7 @@ class SegmentAnythingWidget(QWidget):
             return key
 
         worker = thread_worker(embed, ignore_errors=True, progress={"total": 0, "desc": f"Embedding{where}"})()
-        worker.returned.connect(self._on_embedded)
+        worker.returned.connect(lambda key: self._on_embedded(key, blank[0] if blank else None, image.name + where))
         worker.finished.connect(
             lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
         )
@@ -416,7 +419,7 @@ class SegmentAnythingWidget(QWidget):
             )
             return
         from src_core.embedding_cache import embed_with_cache
-        from src_core.model.image_encoder import EncodingCancelled
+        from src_core.jobs import Cancelled
 
         planes = list(np.ndindex(*lead))
         predictor, kwargs = self.predictor, self._normalization(image)
@@ -436,7 +439,7 @@ class SegmentAnythingWidget(QWidget):
                         on_store_error=failures.append,
                         **kwargs,
                     )
-                except EncodingCancelled:
+                except Cancelled:
                     return "cancelled"
                 if failures:
                     raise EmbeddingNotStored(f"could not store embeddings: {failures[0]}")
@@ -477,12 +480,18 @@ class SegmentAnythingWidget(QWidget):
             self._cache = EmbeddingCache()
         return self._cache
 
-    def _on_embedded(self, key) -> None:
+    def _on_embedded(self, key, blank: float | None = None, name: str = "") -> None:
         self._embedded = key
-        self._set_status("Ready: click on an object.")
+        self._blank = key if blank is not None else None
         if self.segmenter is not None:
             self.segmenter.reset()
         self._decode_pending = True  # prompts may already exist on this plane
+        if blank is None:
+            self._set_status("Ready: click on an object.")
+            return
+        message = f"'{name}' is blank (every pixel is {blank:g}): nothing to segment, prompts on it are ignored."
+        show_warning(message)
+        self._set_status(message)
 
     # -- decode -------------------------------------------------------------------------
 
@@ -499,6 +508,10 @@ class SegmentAnythingWidget(QWidget):
 
     def _start_decode(self) -> None:
         plane = self._embedded[1]
+        if self._blank == self._embedded:  # SAM's answer on a blank plane would be arbitrary
+            self._show(None, plane)
+            self._set_status("This plane is blank (one value everywhere): nothing to segment.")
+            return
         prompt = L.collect_prompt(self.layers[L.POINTS], self.layers[L.BOXES], plane)
         segmenter = self.segmenter
         worker = thread_worker(segmenter.decode, ignore_errors=True)(prompt)
@@ -517,7 +530,7 @@ class SegmentAnythingWidget(QWidget):
             if tiled is not None:
                 self._set_status(
                     f"mask {candidates.choice + 1}/{len(candidates.options)}, predicted IoU "
-                    f"{tiled.score:.2f}, {tiled.area} px"
+                    f"{min(max(tiled.score, 0.0), 1.0):.2f}, {tiled.area} px"
                 )
             return
         mask = None if candidates is None else candidates.mask
@@ -526,7 +539,7 @@ class SegmentAnythingWidget(QWidget):
         if candidates is not None:
             self._set_status(
                 f"mask {candidates.choice + 1}/{len(candidates.masks)}, predicted IoU "
-                f"{candidates.score:.2f}, {int(mask.sum())} px"
+                f"{min(max(candidates.score, 0.0), 1.0):.2f}, {int(mask.sum())} px"
             )
 
     # -- actions ------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from src_core.model.build import build_sam  # noqa: E402
 from src_core.predictor import SamPredictor  # noqa: E402
 from src_core.train.data import SceneStream  # noqa: E402
 from src_core.train.evaluate import evaluate_prompts  # noqa: E402
-from src_core.train.scenes import SCENE_KINDS, make_scene  # noqa: E402
+from src_core.synthetic.training import SCENE_KINDS, make_scene  # noqa: E402
 
 HELD_OUT_SEED = 777
 

@@ -3,7 +3,7 @@
 Run: ``python scripts/eval_tracking.py [--scenes crossing,reentry] [--recipes full,box]
 [--checkpoint PATH --model-type vit_tiny] [--key point|box|mask] [--lenient]``
 
-Every scene of :mod:`src_core.propagate.synthetic` is tracked from prompts made
+Every scene of :mod:`src_core.synthetic.videos` is tracked from prompts made
 from its ground truth on frame 0 (``--key``), once per prompt recipe, with the
 deterministic stand-in segmenter (:mod:`src_core.propagate.standin`): that
 measures the propagation logic independently of any weights. With
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src_core.propagate import LENIENT, RECIPES, TrackingWriter, evaluate, propagate  # noqa: E402
 from src_core.propagate.standin import StandInSegmenter  # noqa: E402
-from src_core.propagate.synthetic import SCENES, make_scene  # noqa: E402
+from src_core.synthetic.videos import SCENES, make_scene  # noqa: E402
 
 
 def run(scene, segmenter, recipe: str, key: str, qc=None) -> dict:

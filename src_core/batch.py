@@ -40,7 +40,6 @@ from every worker (a shared file system). Listing and reading the images is
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import threading
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .automatic.settings import GeneratorSettings
 from .batch_inputs import ImageItem, VideoReaders, _one_line, list_images, read_image
 
 __all__ = [
@@ -89,35 +89,6 @@ class ModelSpec:
         from .model.build import build_sam
 
         return build_sam(self.model_type, self.checkpoint, self.device, self.dtype, download=False)
-
-
-@dataclass(frozen=True)
-class GeneratorSettings:
-    """Parameters of :class:`~src_core.automatic.SamAutomaticMaskGenerator` (same defaults)."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("crop_n_layers", "min_mask_region_area"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
-                     "box_nms_thresh", "crop_nms_thresh", "crop_overlap_ratio"):
-            if not math.isfinite(float(getattr(self, name))):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -319,8 +290,7 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
     try:
         from .automatic import masks_to_label_image
         from .preprocess import to_rgb
-
-        from .cli_tiled import label_large_image
+        from .tiling.large import label_large_image
 
         image = read_image(item, videos)
         model_type = job.model.model_type

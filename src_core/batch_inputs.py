@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from .video import VIDEO_SUFFIXES
+
 __all__ = [
     "IMAGE_SUFFIXES", "ImageItem", "VIDEO_SUFFIXES", "VideoReaders", "list_images", "read_image",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jp2")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,6 @@ def read_image(item: ImageItem, videos: VideoReaders | None = None) -> np.ndarra
             with VideoFrames(path, cache_size=0) as video:
                 return video[item.index]
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
             if item.kind == "image":
                 from .tiling import open_image_lazily
 

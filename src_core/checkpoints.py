@@ -39,6 +39,7 @@ __all__ = [
     "checkpoint_info",
     "checkpoint_path",
     "default_model_type",
+    "local_file",
     "download_checkpoint",
     "embedded_checkpoint",
     "load_state_dict",
@@ -517,14 +518,8 @@ def resolve_checkpoint(
         cached and ``download`` is False.
     """
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if path.is_file():
-            return path
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(
-            f"checkpoint {path} {what}. Pass the path of a SAM checkpoint file "
-            f"(.pth), or leave it out to use the official {model_type} weights."
-        )
+        return local_file(checkpoint, "checkpoint", "Pass the path of a SAM checkpoint file "
+                          f"(.pth), or leave it out to use the official {model_type} weights.")
     if model_type == EMBEDDED_MODEL:
         return embedded_checkpoint()
     info = checkpoint_info(model_type)
@@ -539,6 +534,16 @@ def resolve_checkpoint(
         f"off. Download {info.url} and save it as {dest}, allow downloading, "
         "or pass the path of a local checkpoint file."
     )
+
+
+def local_file(path: str | os.PathLike, label: str, hint: str = "") -> Path:
+    """``path`` (``~`` expanded) when it is an existing file, else FileNotFoundError:
+    "``label`` PATH does not exist" (or "is a folder, not a file"), then ``hint``."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    what = "is a folder, not a file" if path.is_dir() else "does not exist"
+    raise FileNotFoundError(f"{label} {path} {what}." + (f" {hint}" if hint else ""))
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -556,10 +561,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         Not a readable PyTorch checkpoint, holds Python objects other than
         plain weights, or holds no tensors.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"checkpoint {path} {what}.")
+    path = local_file(path, "checkpoint")
     import torch
 
     try:

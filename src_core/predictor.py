@@ -48,7 +48,7 @@ class SamPredictor:
     def cancel(self) -> None:
         """Ask a ``set_image`` running in another thread to stop.
 
-        It raises :class:`~src_core.model.image_encoder.EncodingCancelled` within one
+        It raises :class:`~src_core.jobs.Cancelled` within one
         encoder block, and the predictor is left without an image.
         """
         self._stop.set()

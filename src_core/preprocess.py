@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
+    "blank_value",
     "preprocess_shape",
     "to_rgb",
     "resize_longest_side",
@@ -29,6 +30,30 @@ __all__ = [
 ]
 
 ArrayLike = Union[np.ndarray, Sequence]
+
+
+def blank_value(image: object) -> float | None:
+    """The one value of a blank image (every pixel the same: all zeros, a constant), else None.
+
+    A multichannel (Y, X, C) image with C <= 4 is blank when every channel is
+    constant; NaN and inf are ignored (all-NaN is blank, value NaN). SAM has nothing
+    to segment in such a plane: whatever mask it returns is arbitrary (on an all-zero
+    16-bit plane, a mask of almost every pixel), so callers refuse or warn.
+    """
+    a = np.asarray(image)
+    if a.size == 0 or a.dtype.kind not in "buif":
+        return None
+    columns = a.reshape(-1, a.shape[-1]) if a.ndim == 3 and a.shape[-1] <= 4 else a.reshape(-1, 1)
+    if a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            finite = np.where(np.isfinite(columns), columns, np.nan)
+            if np.isnan(finite).all():
+                return float("nan")
+            lo, hi = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
+    else:
+        lo, hi = columns.min(axis=0), columns.max(axis=0)
+    same = (lo == hi) | np.isnan(lo)
+    return float(np.nan_to_num(lo, nan=0.0)[0]) if same.all() else None
 
 
 def _positive_int(name: str, value: object) -> int:

@@ -24,7 +24,9 @@ import tifffile
 
 from src_core import checkpoints
 from src_core.checkpoints import CheckpointInfo
-from src_core.cli import main, parse_box, parse_point, UsageError, _paint_labels
+from src_core.cli import main
+from src_core.cli.common import UsageError, parse_box, parse_point
+from src_core.cli.segment import _paint_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 VIT_B_FILE = "sam_vit_b_01ec64.pth"
@@ -110,6 +112,13 @@ def test_overlaps_go_to_the_higher_predicted_iou():
     assert labels[1, 1] == 2 and labels[0, 0] == 1
 
 
+@pytest.mark.parametrize("command", ["segment", "models", "download", "label", "track", "train"])
+def test_every_help_reads_as_plain_text(capsys, command):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "usage: napari-sam " + command in out
+    assert "``" not in out and ":mod:" not in out and ":class:" not in out  # no reStructuredText markup
+
+
 def test_help_and_no_command(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "segment" in out and "download" in out
@@ -136,6 +145,10 @@ def test_help_and_no_command(capsys):
         (["--point", "5,5,0"], ["background"]),
         (["--point", "500,20"], ["outside the 64x48 image"]),
         (["--point=-1,20"], ["outside"]),
+        (["--point", "-5,20"], ["--point -5,20 lies outside the 64x48 image"]),  # not taken for an option
+        (["--point", "64,20"], ["outside the 64x48 image", "0 to 63"]),  # one pixel past the last column
+        (["--point", "10,48"], ["outside the 64x48 image", "0 to 47"]),
+        (["--box", "-10,-10,-2,-2"], ["outside the 64x48 image"]),
         (["--box", "100,100,200,200"], ["outside the 64x48 image"]),
         (["--point", "5,5", "--model", "vit_x"], ["unknown model 'vit_x'", "vit_b"]),
         (["--point", "5,5", "--channels", "0,x"], ["--channels expects"]),
@@ -155,6 +168,11 @@ def test_segment_user_errors(capsys, cache, gray_tif, tmp_path, extra, fragments
 
 def test_segment_bad_images(capsys, tmp_path):
     out = tmp_path / "out.tif"
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.zeros((256, 256), np.uint16))  # an all-zero 16-bit plane
+    code, _, err = run_cli(capsys, "segment", blank, "--point", "100,100", "-o", out)
+    assert_user_error(code, err, "blank.tif is blank", "every pixel is 0")
+    assert not out.exists()
     code, _, err = run_cli(capsys, "segment", tmp_path / "missing.png", "--point", "1,1", "-o", out)
     assert_user_error(code, err, "missing.png", "does not exist")
 

@@ -1,4 +1,4 @@
-"""``napari-sam track`` (src_core/cli_track.py).
+"""``napari-sam track`` (src_core/cli/track.py).
 
 End to end with a random-weights ``vit_tiny`` checkpoint (plumbing: files,
 shapes, ids), and with the ground-truth stand-in segmenter swapped in for the
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src_core import cli_track
+from src_core.cli import track as cli_track
 from src_core.cli import main
 from src_core.propagate import TABLE_COLUMNS, evaluate, open_labels, read_table
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
-from src_core.propagate.synthetic import make_scene
+from src_core.synthetic.videos import make_scene
 
 N_FRAMES = 24
 OUTPUTS = ("table.csv", "trajectories.csv", "tracks.csv", "overlay.mp4", "progress.json")

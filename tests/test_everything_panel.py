@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam import _layers as L
-from src_core.automatic.generator import GenerationCancelled
+from src_core.jobs import Cancelled
 from standin_predictor import StandInPredictor
 
 pytestmark = pytest.mark.gui
@@ -49,7 +49,7 @@ class StandInGenerator:
         records = []
         for batch in range(4):
             if self._stop.is_set() or (should_stop is not None and should_stop()):
-                raise GenerationCancelled("mask generation was cancelled")
+                raise Cancelled("mask generation was cancelled")
             if progress is not None:
                 progress(batch, 4)
                 self.reports.append((batch, 4))

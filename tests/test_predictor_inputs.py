@@ -181,7 +181,7 @@ def test_device_and_dtype_resolution():
 
 
 def test_cancel_stops_set_image_between_encoder_blocks(model):
-    from src_core.model.image_encoder import EncodingCancelled
+    from src_core.jobs import Cancelled
 
     pred = SamPredictor(model)
     image = np.zeros((40, 40, 3), np.uint8)
@@ -191,7 +191,7 @@ def test_cancel_stops_set_image_between_encoder_blocks(model):
         for block in model.image_encoder.blocks
     ]
     try:
-        with pytest.raises(EncodingCancelled):
+        with pytest.raises(Cancelled):
             pred.set_image(image)
     finally:
         for hook in hooks:

@@ -46,7 +46,7 @@ from src_core.propagate import (
 from src_core.propagate.masks import logits_to_mask, mask_stats, mask_to_logits, shift_logits
 from src_core.propagate.motion import MotionModel, predicted_box
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
-from src_core.propagate.synthetic import make_scene
+from src_core.synthetic.videos import make_scene
 
 SIZE = 128
 

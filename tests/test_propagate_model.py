@@ -30,7 +30,7 @@ from src_core.propagate import (
     segment_volume,
     write_overlay_video,
 )
-from src_core.propagate.synthetic import make_scene
+from src_core.synthetic.videos import make_scene
 
 
 class CountingPredictor(SamPredictor):

@@ -27,7 +27,7 @@ import pytest
 import tifffile
 import torch
 
-from src_core import cli_text
+from src_core.cli import text as cli_text
 from src_core.cli import main
 from src_core.text import (
     CLIP_WEIGHTS,
@@ -408,7 +408,7 @@ def test_clip_crops_read_around_a_candidate_are_the_whole_image_crops(monkeypatc
 def test_segment_text_tiled_finds_what_the_whole_image_search_finds(scorer):
     """Tile by tile, the same objects and scores as on the whole plane: squares cut by
     tile sides come out whole, the one larger than a tile too."""
-    from src_core.automatic.generator import GenerationCancelled
+    from src_core.jobs import Cancelled
     from src_core.text import segment_text_tiled
     from src_core.tiling import TiledPredictor
 
@@ -444,7 +444,7 @@ def test_segment_text_tiled_finds_what_the_whole_image_search_finds(scorer):
         segment_text_tiled(tiled, np.full_like(image, 20), "red", scorer=scorer, generator=TileComponents())
     with pytest.raises(TextPromptError, match="empty"):
         segment_text_tiled(tiled, image, "  ", scorer=scorer, generator=TileComponents())
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(Cancelled):
         segment_text_tiled(tiled, image, "red", scorer=scorer, generator=TileComponents(), should_stop=lambda: True)
 
 
@@ -765,7 +765,7 @@ class ComponentGenerator:
 
         from scipy import ndimage as ndi
 
-        from src_core.automatic.generator import GenerationCancelled
+        from src_core.jobs import Cancelled
 
         self.calls += 1
         if self.hold is not None:
@@ -773,7 +773,7 @@ class ComponentGenerator:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if should_stop():
-                    raise GenerationCancelled("cancelled")
+                    raise Cancelled("cancelled")
                 time.sleep(0.01)
         gray = image.astype(float).mean(axis=-1)
         components, count = ndi.label(gray > gray.mean())

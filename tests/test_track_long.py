@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from src_core import cli_track
+from src_core.cli import track as cli_track
 from src_core.cli import main
 from src_core.propagate import evaluate, open_labels, read_table
 from src_core.propagate.standin import StandInSegmenter

@@ -18,7 +18,7 @@ import pytest
 from napari_sam import _track_layers as T
 from src_core.propagate import DEFAULT_RECIPE, VOLUME_QC, QualityControl, evaluate, read_table
 from src_core.propagate.standin import StandInSegmenter, ground_truth_lookup
-from src_core.propagate.synthetic import make_scene
+from src_core.synthetic.videos import make_scene
 
 pytestmark = pytest.mark.gui
 

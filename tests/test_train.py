@@ -23,7 +23,7 @@ from src_core.train.data import (
     prepare_sample,
 )
 from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
-from src_core.train.scenes import ALL_KINDS, SCENE_KINDS, make_scene
+from src_core.synthetic.training import ALL_KINDS, SCENE_KINDS, make_scene
 from src_core.train.simulate import (
     corrective_points,
     corrective_points_torch,

@@ -508,3 +508,29 @@ def test_large_images_are_tiled_not_refused(make_napari_viewer, qtbot, monkeypat
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["tall"]), timeout=10000)
     assert isinstance(w.segmenter, TiledObjectSegmenter) and predictor.set_image_calls == 0
     assert not errors and not warnings_
+
+
+def test_a_blank_plane_is_refused_with_a_warning(make_napari_viewer, qtbot, monkeypatch):
+    """Issue 28: a click on an all-zero 16-bit image used to give a mask of almost every pixel."""
+    import napari_sam._widget as widget_module
+    from napari_sam._widget import SegmentAnythingWidget
+
+    warnings_ = []
+    monkeypatch.setattr(widget_module, "show_warning", warnings_.append)
+    viewer = make_napari_viewer()
+    stack = np.zeros((2, 80, 100), np.uint16)
+    stack[1] = blobs_image()
+    viewer.add_image(stack, name="img", contrast_limits=(0, 4000))
+    w = SegmentAnythingWidget(viewer)
+    predictor = StandInPredictor()
+    w.set_predictor(predictor, "stand-in")
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    assert len(warnings_) == 1 and "is blank (every pixel is 0)" in warnings_[0]
+    add_point(w, 20, 20, plane=(0,))
+    wait(qtbot, w)
+    assert not w.layers[L.PREVIEW].data.any() and "blank" in w.status.text()
+    assert len(predictor.mask_inputs) == 0  # SAM was never asked
+    viewer.dims.current_step = (1, 0, 0)  # the next plane has objects: prompts work there
+    add_point(w, 20, 20, plane=(1,))
+    wait(qtbot, w)
+    assert w.layers[L.PREVIEW].data[1, 20, 20] == 1 and len(warnings_) == 1

@@ -1,20 +1,38 @@
 """Segment everything: grid prompts, quality filters, NMS, RLE (a drop-in for Meta's generator).
 
 ``SamAutomaticMaskGenerator`` has the reference's parameters, defaults and records;
-``masks_to_label_image`` turns its records into one non-overlapping label image.
+``masks_to_label_image`` turns its records into one non-overlapping label image;
+``GeneratorSettings`` / ``DEFAULTS`` (:mod:`.settings`) are its parameters' one home.
+
+Names load on first use (PEP 562), so reading the settings (the command line's
+``--help``) does not import torch.
 """
 
-from .generator import GenerationCancelled, SamAutomaticMaskGenerator
-from .geometry import batched_nms, box_iou, masks_to_boxes, nms
-from .regions import masks_to_label_image, remove_small_regions
+from __future__ import annotations
 
-__all__ = [
-    "GenerationCancelled",
-    "SamAutomaticMaskGenerator",
-    "batched_nms",
-    "box_iou",
-    "masks_to_boxes",
-    "masks_to_label_image",
-    "nms",
-    "remove_small_regions",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "DEFAULTS": "settings",
+    "GeneratorSettings": "settings",
+    "SamAutomaticMaskGenerator": "generator",
+    "batched_nms": "geometry",
+    "box_iou": "geometry",
+    "masks_to_boxes": "geometry",
+    "nms": "geometry",
+    "masks_to_label_image": "regions",
+    "remove_small_regions": "regions",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.image_encoder import EncodingCancelled
+from ..jobs import Cancelled
 from ..model.sam import Sam
 from ..predictor import SamPredictor
 from ..preprocess import to_rgb
@@ -41,17 +41,14 @@ from .geometry import (
     nms,
 )
 from .regions import bbox_crop, clean_mask_crop
+from .settings import DEFAULTS
 from .upsample import LogitUpsampler
 
-__all__ = ["GenerationCancelled", "SamAutomaticMaskGenerator"]
+__all__ = ["SamAutomaticMaskGenerator"]
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _EMPTY = np.zeros((0, 0), dtype=bool)
 Progress = Callable[[int, int], None]
-
-
-class GenerationCancelled(RuntimeError):
-    """``generate`` was asked to stop (``should_stop`` returned True or ``cancel()`` was called)."""
 
 
 @dataclass
@@ -137,18 +134,18 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: Sam,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
+        points_per_side: int | None = DEFAULTS.points_per_side,
+        points_per_batch: int = DEFAULTS.points_per_batch,
+        pred_iou_thresh: float = DEFAULTS.pred_iou_thresh,
+        stability_score_thresh: float = DEFAULTS.stability_score_thresh,
+        stability_score_offset: float = DEFAULTS.stability_score_offset,
+        box_nms_thresh: float = DEFAULTS.box_nms_thresh,
+        crop_n_layers: int = DEFAULTS.crop_n_layers,
+        crop_nms_thresh: float = DEFAULTS.crop_nms_thresh,
+        crop_overlap_ratio: float = DEFAULTS.crop_overlap_ratio,
+        crop_n_points_downscale_factor: int = DEFAULTS.crop_n_points_downscale_factor,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
+        min_mask_region_area: int = DEFAULTS.min_mask_region_area,
         output_mode: str = "binary_mask",
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
@@ -211,7 +208,7 @@ class SamAutomaticMaskGenerator:
     def cancel(self) -> None:
         """Ask a ``generate`` running in another thread to stop.
 
-        It raises :class:`GenerationCancelled` after the current point batch (or
+        It raises :class:`~src_core.jobs.Cancelled` after the current point batch (or
         within one encoder block while an image crop is being encoded).
         """
         self._stop.set()
@@ -236,7 +233,7 @@ class SamAutomaticMaskGenerator:
             first batch, then after every batch.
         should_stop : callable, optional
             Asked before every crop and point batch; when it returns True,
-            :class:`GenerationCancelled` is raised.
+            :class:`~src_core.jobs.Cancelled` is raised.
 
         Returns
         -------
@@ -255,7 +252,7 @@ class SamAutomaticMaskGenerator:
 
         def stop_requested() -> None:
             if self._stop.is_set() or (should_stop is not None and should_stop()):
-                raise GenerationCancelled("mask generation was cancelled")
+                raise Cancelled("mask generation was cancelled")
 
         def batch_done() -> None:
             state["done"] += 1
@@ -287,8 +284,8 @@ class SamAutomaticMaskGenerator:
         stop_requested()
         try:
             self.predictor.set_image(cropped)
-        except EncodingCancelled as err:
-            raise GenerationCancelled("mask generation was cancelled") from err
+        except Cancelled as err:
+            raise Cancelled("mask generation was cancelled") from err
         try:
             model = self.predictor.model
             threshold = model.mask_threshold

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..jobs import check_stop
 from .common import LayerNorm2d, MLPBlock
 
 
@@ -86,19 +87,14 @@ class ImageEncoderViT(nn.Module):
         self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None
     ) -> torch.Tensor:
         """Encode ``x``; ``should_stop`` is asked between blocks and, when it answers
-        True, :class:`EncodingCancelled` is raised (a few hundred ms at most on a CPU)."""
+        True, :class:`~src_core.jobs.Cancelled` is raised (a few hundred ms at most on a CPU)."""
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:
-            if should_stop is not None and should_stop():
-                raise EncodingCancelled("image encoding was cancelled")
+            check_stop(should_stop, "image encoding")
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
-
-
-class EncodingCancelled(RuntimeError):
-    """The image encoder was asked to stop before it finished."""
 
 
 class PatchEmbed(nn.Module):

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 from .frames import FrameReader, FrameReadError
 from .labelfile import LabelFile
-from .labelstore import LabelStore, export_npy, export_tiff, open_labels, smallest_label_dtype
+from .labelstore import (
+    LabelStore,
+    export_npy,
+    export_tiff,
+    open_labels,
+    smallest_label_dtype,
+)
 from .metrics import TrackingEvaluator, TrackingScores, evaluate
 from .outputs import (
     TABLE_COLUMNS,
@@ -38,6 +44,7 @@ from .outputs import (
     write_table,
     write_trajectories,
 )
+from .passes import PassPlan, frames_visited, plan_passes
 from .prompts import (
     DEFAULT_RECIPE,
     RECIPES,
@@ -51,13 +58,23 @@ from .prompts import (
     save_prompts,
 )
 from .qc import ACCEPT_ALL, LENIENT, REJECTION_CAUSES, QualityControl, Rejection
-from .results import DIVIDED, KEY, LOST, REFOUND, STATUSES, TRACKED, FrameResult, ObjectResult, PropagationError
+from .results import (
+    DIVIDED,
+    KEY,
+    LOST,
+    REFOUND,
+    STATUSES,
+    TRACKED,
+    FrameResult,
+    ObjectResult,
+    PropagationError,
+)
 from .tracker import DIRECTIONS, propagate
 from .volume import VOLUME_QC, propagate_volume, segment_volume
 
 __all__ = [
     "ACCEPT_ALL", "LENIENT", "REJECTION_CAUSES", "Rejection", "LabelStore", "export_npy", "export_tiff",
-    "open_labels", "smallest_label_dtype", "DEFAULT_RECIPE", "DIRECTIONS", "DIVIDED", "KEY", "LOST", "RECIPES", "REFOUND", "STATUSES",
+    "open_labels", "smallest_label_dtype", "PassPlan", "frames_visited", "plan_passes", "DEFAULT_RECIPE", "DIRECTIONS", "DIVIDED", "KEY", "LOST", "RECIPES", "REFOUND", "STATUSES",
     "TABLE_COLUMNS", "TRACKED", "VOLUME_QC", "FrameReadError", "FrameReader", "FrameResult", "LabelFile", "ObjectPrompt",
     "ObjectResult", "PromptRecipe", "PropagationError", "QualityControl", "TrackingEvaluator", "TrackingScores",
     "TrackingWriter", "check_prompts", "evaluate", "get_recipe", "load_prompts", "overlay_frames",

@@ -184,11 +184,6 @@ class TrackingWriter:
             return dedupe_table(read_table(self.table_csv))
         return dedupe_table(np.concatenate(self._chunks) if self._chunks else np.zeros(0, _TABLE_DTYPE))
 
-    @property
-    def frames_done(self) -> set[int]:
-        """Frames that have at least one row (e.g. to resume an interrupted run)."""
-        return set(self.table["frame"].tolist())
-
     def abandon(self) -> None:
         """Close the files as they are (everything written so far stays; nothing is rewritten)."""
         for name in ("_file", "_tracks_file"):

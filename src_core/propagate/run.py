@@ -30,8 +30,23 @@ from typing import Any
 
 import numpy as np
 
-from .labelstore import LabelStore, export_npy, export_tiff, open_labels, smallest_label_dtype
-from .outputs import TrackingWriter, dedupe_table, read_table, tracks_data, write_overlay_video, write_table, write_trajectories
+from .labelstore import (
+    LabelStore,
+    export_npy,
+    export_tiff,
+    open_labels,
+    smallest_label_dtype,
+)
+from .outputs import (
+    TrackingWriter,
+    dedupe_table,
+    read_table,
+    tracks_data,
+    write_overlay_video,
+    write_table,
+    write_trajectories,
+)
+from .passes import first_frames, plan_passes
 from .prompts import ObjectPrompt, resume_prompts
 from .qc import LENIENT, QualityControl
 from .results import FrameResult
@@ -73,30 +88,6 @@ class RunSettings:
 
 class RunMismatch(ValueError):
     """The folder holds another run (other input, prompts or options)."""
-
-
-def plan_passes(prompts: Sequence[ObjectPrompt], direction: str, start: int, stop: int) -> list[dict]:
-    """The passes of a run: forward over all prompts; backward from each object's first prompt."""
-    frames = sorted({p.frame for p in prompts})
-    passes = []
-    if direction in ("forward", "both"):
-        passes.append({"direction": 1, "first": frames[0], "last": stop - 1, "seeds_only": False})
-    if direction == "backward":
-        passes.append({"direction": -1, "first": frames[-1], "last": start, "seeds_only": False})
-    if direction == "both":
-        top = max(_first_frames(prompts).values())
-        if top > start:
-            passes.append({"direction": -1, "first": top, "last": start, "seeds_only": True})
-    for p in passes:
-        p["done_to"] = None
-    return passes
-
-
-def _first_frames(prompts: Sequence[ObjectPrompt]) -> dict[int, int]:
-    first: dict[int, int] = {}
-    for p in sorted(prompts, key=lambda p: p.frame):
-        first.setdefault(p.obj_id, p.frame)
-    return first
 
 
 class TrackingRun:
@@ -200,8 +191,8 @@ class TrackingRun:
         max_id = max(p.obj_id for p in prompts)
         dtype = smallest_label_dtype(max_id)
         LabelStore(self.folder / LABELS, (s.frames, *shape), dtype, overwrite=True)
-        self.state = {"settings": asdict(s), "passes": plan_passes(prompts, s.direction, s.start, stop),
-                      "complete": False, "exports": {}}
+        passes = [{**asdict(plan), "done_to": None} for plan in plan_passes(prompts, s.direction, s.start, stop)]
+        self.state = {"settings": asdict(s), "passes": passes, "complete": False, "exports": {}}
         self._save()
 
     def track(self, frames: Any, segmenter: Any, prompts: Sequence[ObjectPrompt]) -> Iterator[FrameResult]:
@@ -263,7 +254,7 @@ class TrackingRun:
         skip: set = set()
         prompts = list(prompts)
         if pas["seeds_only"]:  # the forward pass's result on each object's first frame
-            first = _first_frames(prompts)
+            first = first_frames(prompts)
             prompts = []
             for obj_id, t in first.items():
                 mask = np.asarray(labels[t]) == obj_id

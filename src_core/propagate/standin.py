@@ -5,7 +5,7 @@ recipes, QC, search, identity keeping) be measured independently of any
 weights. :class:`StandInSegmenter` has ``SamPredictor``'s ``set_image`` and
 ``predict``; ``set_image`` looks up the ground-truth labels of the image (a
 callable you give, e.g. :meth:`SyntheticScene.labels_for_image
-<src_core.propagate.synthetic.SyntheticScene.labels_for_image>`), and
+<src_core.synthetic.videos.SyntheticScene.labels_for_image>`), and
 ``predict`` returns the ground-truth object the prompt points at, degraded:
 
 * Which object: every visible object collects evidence from the prompt: +1 per

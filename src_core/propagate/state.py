@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from ..protocols import Predictor
 from .masks import MaskStats, interior_point, mask_to_logits, shift_logits, shift_mask
 from .motion import MotionModel, clip_box, predicted_box
 from .prompts import PromptRecipe
 from .qc import stability_score
-
-
-class Segmenter(Protocol):
-    """What propagation needs from a model: :class:`~src_core.predictor.SamPredictor`'s methods.
-
-    ``predict`` must accept ``point_coords``, ``point_labels``, ``box``,
-    ``mask_input``, ``multimask_output`` and ``return_logits`` and return
-    ``(masks, scores, low_res_logits)`` as ``SamPredictor.predict`` does.
-    """
-
-    def set_image(self, image: np.ndarray, **kwargs: Any) -> None: ...
-
-    def predict(self, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +36,7 @@ def mask_threshold(segmenter: Any) -> float:
 
 
 def decode(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     *,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,

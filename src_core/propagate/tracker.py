@@ -33,19 +33,37 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..protocols import Predictor
 from .frames import FrameReader, FrameReadError
 from .masks import components, interior_point, mask_iou, mask_stats
+from .passes import plan_passes
 from .prompts import ObjectPrompt, PromptRecipe, check_prompts, get_recipe
 from .qc import QualityControl, Rejection, judge
-from .results import DIVIDED, KEY, LOST, REFOUND, TRACKED, FrameResult, ObjectResult, PropagationError
-from .state import Candidate, Segmenter, TrackState, decode, logit_grid, mask_threshold, negatives_for
+from .results import (
+    DIVIDED,
+    KEY,
+    LOST,
+    REFOUND,
+    TRACKED,
+    FrameResult,
+    ObjectResult,
+    PropagationError,
+)
+from .state import (
+    Candidate,
+    TrackState,
+    decode,
+    logit_grid,
+    mask_threshold,
+    negatives_for,
+)
 
 DIRECTIONS = ("forward", "backward", "both")
 
 
 def propagate(
     frames: Any,
-    segmenter: Segmenter,
+    segmenter: Predictor,
     prompts: Sequence[ObjectPrompt],
     *,
     direction: str = "forward",
@@ -217,19 +235,11 @@ class _Run:
         for p in sorted(self.prompts, key=lambda p: p.frame):
             by_frame.setdefault(p.frame, []).append(p)
             first.setdefault(p.obj_id, p)
-        frames = sorted(by_frame)
-        if direction == "forward":
-            return [_Pass(1, range(frames[0], stop), by_frame)]
-        if direction == "backward":
-            return [_Pass(-1, range(frames[-1], start - 1, -1), by_frame)]
         seeds: dict[int, list[ObjectPrompt]] = {}
         for p in first.values():
             seeds.setdefault(p.frame, []).append(p)
-        passes = [_Pass(1, range(frames[0], stop), by_frame)]
-        top = max(seeds)
-        if top > start or frames[0] > start:
-            passes.append(_Pass(-1, range(top, start - 1, -1), seeds, reuse_seeds=True))
-        return passes
+        return [_Pass(plan.direction, plan.frames, seeds if plan.seeds_only else by_frame, plan.seeds_only)
+                for plan in plan_passes(self.prompts, direction, start, stop)]
 
     def results(self, direction: str, start: int, stop: int) -> Iterator[FrameResult]:
         passes = self._plan(direction, start, stop)

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from ..protocols import Predictor
 from .outputs import paint_labels
 from .prompts import ObjectPrompt, PromptRecipe
 from .qc import QualityControl
 from .results import FrameResult
-from .state import Segmenter
 from .tracker import propagate
 
 #: Looser area limit than in time: an object's section grows and shrinks fast near its ends.
@@ -20,7 +20,7 @@ VOLUME_QC = QualityControl(max_area_change=2.5)
 
 def propagate_volume(
     stack: Any,
-    segmenter: Segmenter,
+    segmenter: Predictor,
     prompts: Sequence[ObjectPrompt],
     *,
     recipe: str | PromptRecipe | None = None,
@@ -53,7 +53,7 @@ def propagate_volume(
 
 def segment_volume(
     stack: Any,
-    segmenter: Segmenter,
+    segmenter: Predictor,
     prompts: Sequence[ObjectPrompt],
     *,
     out: Any = None,

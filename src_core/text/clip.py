@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import checkpoints as ckpt
+from ..jobs import check_stop
 from ._openclip import TextExtraMissing, import_open_clip
 from .crops import OPENAI_MEAN, OPENAI_STD, to_clip_tensor
 
@@ -147,14 +148,8 @@ def clip_weights_path(
         the URL and where to save the file by hand.
     """
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if path.is_file():
-            return path
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(
-            f"CLIP weights {path} {what}. Pass OpenAI's {CLIP_MODEL} file ({CLIP_WEIGHTS.filename}) "
-            "or a CLIP state dict, or leave it out to use the cached download."
-        )
+        return ckpt.local_file(checkpoint, "CLIP weights", f"Pass OpenAI's {CLIP_MODEL} file "
+                               f"({CLIP_WEIGHTS.filename}) or a CLIP state dict, or leave it out to use the cached download.")
     found = ckpt.cached_checkpoint(CLIP_WEIGHTS, cache)
     if found is not None:
         return found
@@ -314,10 +309,7 @@ class ClipScorer:
         """(N, D) unit-length embeddings of (N, S, S, 3) uint8 crops, in batches."""
         parts = []
         for start in range(0, len(crops), self.batch_size):
-            if should_stop is not None and should_stop():
-                from ..automatic.generator import GenerationCancelled
-
-                raise GenerationCancelled("the text search was cancelled")
+            check_stop(should_stop, "the text search")
             x = to_clip_tensor(crops[start : start + self.batch_size], self.mean, self.std).to(self.device)
             parts.append(torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1))
         if not parts:

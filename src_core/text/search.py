@@ -251,16 +251,16 @@ def segment_text(
         ``progress(done, total)``: the generator's point batches, plus one step for
         CLIP and one for refining.
     should_stop : callable, optional
-        Asked between batches; when True, GenerationCancelled is raised.
+        Asked between batches; when True, :class:`~src_core.jobs.Cancelled` is raised.
 
     Raises
     ------
     TextPromptError
         Empty or over-long text (before any image work), NoCandidates, NoMatch.
-    GenerationCancelled
+    Cancelled
         ``should_stop`` returned True.
     """
-    from ..automatic.generator import GenerationCancelled
+    from ..jobs import check_stop
     from ..preprocess import to_rgb
 
     text, negs = check_query(scorer, text, negatives, threshold, top_k)
@@ -271,8 +271,7 @@ def segment_text(
     shape = rgb.shape[:2]
 
     def stop() -> None:
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled("the text search was cancelled")
+        check_stop(should_stop, "the text search")
 
     steps = {"total": 2}
 

@@ -160,14 +160,14 @@ def segment_text_tiled(
         ``progress(done, total)``: the tiles, plus one step for CLIP and one for refining.
     should_stop : callable, optional
         Asked between tiles and CLIP batches; True raises
-        :class:`~src_core.automatic.GenerationCancelled`.
+        :class:`~src_core.jobs.Cancelled`.
 
     Raises
     ------
     TextPromptError
         Bad text or settings (before any image work), NoCandidates, NoMatch.
     """
-    from ..automatic.generator import GenerationCancelled
+    from ..jobs import check_stop
     from ..tiling import generate_tiled, record_crop
     from .clip import Scores
 
@@ -178,8 +178,7 @@ def segment_text_tiled(
     total = [len(tiled.grid) + 2]
 
     def stop() -> None:
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled("the text search was cancelled")
+        check_stop(should_stop, "the text search")
 
     def tile_progress(done: int, tiles: int) -> None:
         total[0] = tiles + 2

@@ -125,7 +125,7 @@ def generate_tiled(
         ``progress(done_tiles, total_tiles)``: once with 0, then after each tile.
     should_stop : callable, optional
         Asked before each tile (and passed to the generator's ``generate`` when it
-        takes it); True raises :class:`~src_core.automatic.GenerationCancelled`.
+        takes it); True raises :class:`~src_core.jobs.Cancelled`.
 
     Returns
     -------
@@ -136,7 +136,8 @@ def generate_tiled(
         the union of tiles for a united mask) in full-image pixels, and ``offset``
         in ``"crop"`` mode. Whole masks in tile order, then united ones.
     """
-    from ..automatic.generator import GenerationCancelled, SamAutomaticMaskGenerator
+    from ..automatic.generator import SamAutomaticMaskGenerator
+    from ..jobs import check_stop
 
     if output_mode not in OUTPUT_MODES:
         raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
@@ -156,8 +157,7 @@ def generate_tiled(
     if progress is not None:
         progress(0, len(grid))
     for done, tile in enumerate(grid, start=1):
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled("mask generation was cancelled")
+        check_stop(should_stop, "mask generation")
         rgb = source.read_rgb(tile)
         if takes_stop:
             records = generator.generate(rgb, should_stop=should_stop)

@@ -95,11 +95,6 @@ class TiledImage:
             f"contrast_limits={self.contrast_limits})"
         )
 
-    @property
-    def n_channels(self) -> int:
-        """Channels of the image (1 for 2D)."""
-        return 1 if self._channel_axis is None else int(self.image.shape[self._channel_axis])
-
     def read(self, tile: Tile) -> np.ndarray:
         """The raw (h, w) or (h, w, C) pixels of ``tile`` (every ``tile.step``-th pixel)."""
         return self._read(tile.y0, tile.x0, tile.y1, tile.x1, tile.step)

@@ -11,14 +11,13 @@ input, optionally applies large-scale jitter, and picks the masks to train on.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..preprocess import resize_longest_side, to_rgb
-from .scenes import make_scene
+from ..synthetic.training import make_scene
 
 __all__ = [
     "ArrayPairs",
@@ -131,7 +130,7 @@ def _find_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 class SceneStream:
-    """Endless procedural scenes (:mod:`.scenes`); sample ``i`` is the same for a given seed.
+    """Endless procedural scenes (:mod:`src_core.synthetic.training`); sample ``i`` is the same for a given seed.
 
     ``closeups`` is the share of scenes that are close-ups (``make_scene(zoom=...)``,
     zoom drawn from ``zoom``); ``tissue`` the share that are stained tissue (the
@@ -289,7 +288,3 @@ def prepare_sample(
     masks = label_canvas[None] == np.asarray(ids).reshape(-1, 1, 1)
     return TrainingSample(image=canvas.transpose(2, 0, 1).copy(), masks=masks)
 
-
-def stack_samples(samples: Sequence[TrainingSample]) -> np.ndarray:
-    """(B, 3, S, S) float32 images of ``samples``."""
-    return np.stack([s.image for s in samples])

@@ -15,7 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cli import _ENGINE_ERRORS, UsageError, _DownloadBar, _status
+from ..automatic.settings import DEFAULTS
+from .common import (
+    ENGINE_ERRORS,
+    ProgressBar,
+    UsageError,
+    build_model,
+    check_not_blank,
+    check_output_file,
+    image_size,
+    parse_channels,
+    read_image,
+    select_plane,
+    status,
+    write_labels,
+)
 
 __all__ = ["add_text_arguments", "check_text_args", "find_objects", "make_scorer", "text_fingerprint"]
 
@@ -42,12 +56,13 @@ def add_text_arguments(parser: argparse.ArgumentParser, *, track: bool = False) 
                    help="what CLIP sees around each mask: blurred (default), blanked to grey, or as it is")
     g.add_argument("--clip-checkpoint", default=None, metavar="FILE",
                    help="CLIP weights file (default: OpenAI's ViT-B-32.pt from the cache, downloaded if missing)")
-    g.add_argument("--points-per-side", type=int, default=32, metavar="N",
-                   help="segment everything: grid points per side (default 32)")
-    g.add_argument("--pred-iou-thresh", type=float, default=0.88, metavar="X",
-                   help="segment everything: keep masks whose predicted IoU is above this (default 0.88)")
-    g.add_argument("--stability-score-thresh", type=float, default=0.95, metavar="X",
-                   help="segment everything: keep masks at least this stable (default 0.95)")
+    g.add_argument("--points-per-side", type=int, default=DEFAULTS.points_per_side, metavar="N",
+                   help=f"segment everything: grid points per side (default {DEFAULTS.points_per_side})")
+    g.add_argument("--pred-iou-thresh", type=float, default=DEFAULTS.pred_iou_thresh, metavar="X",
+                   help="segment everything: keep masks whose predicted IoU is above this "
+                   f"(default {DEFAULTS.pred_iou_thresh})")
+    g.add_argument("--stability-score-thresh", type=float, default=DEFAULTS.stability_score_thresh, metavar="X",
+                   help=f"segment everything: keep masks at least this stable (default {DEFAULTS.stability_score_thresh})")
     if track:
         g.add_argument("--text-frame", type=int, default=0, metavar="N",
                        help="the frame (or slice) the text is looked for in (default 0)")
@@ -67,7 +82,7 @@ def check_text_args(args: argparse.Namespace) -> str:
         raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
     if args.points_per_side < 1:
         raise UsageError(f"--points-per-side must be 1 or more, got {args.points_per_side}")
-    from .text import TextExtraMissing, import_open_clip
+    from ..text import TextExtraMissing, import_open_clip
 
     try:
         import_open_clip()  # before the SAM model loads: say at once that the extra is missing
@@ -85,10 +100,10 @@ def text_fingerprint(args: argparse.Namespace) -> bytes:
 
 def make_scorer(args: argparse.Namespace) -> Any:
     """CLIP (downloaded on first use unless --no-download), on --device."""
-    from .device import resolve_device
-    from .text import load_clip
+    from ..device import resolve_device
+    from ..text import load_clip
 
-    bar = _DownloadBar("downloading CLIP ViT-B-32")
+    bar = ProgressBar("downloading CLIP ViT-B-32", "B")
     try:
         return load_clip(args.clip_checkpoint, download=not args.no_download, progress=bar,
                          device=resolve_device(args.device))
@@ -102,13 +117,13 @@ def find_objects(
 ) -> list:
     """The objects ``args.text`` names in ``image`` (best first), as TextMatch records;
     with a tiling ``plan`` (tile size, overlap), tile by tile, as TiledTextMatch records."""
-    from .automatic import SamAutomaticMaskGenerator
-    from .text import TextPromptError, segment_text, segment_text_tiled
+    from ..automatic import SamAutomaticMaskGenerator
+    from ..text import TextPromptError, segment_text, segment_text_tiled
 
-    _status("loading CLIP ...")
+    status("loading CLIP ...")
     try:
         scorer = make_scorer(args)
-    except _ENGINE_ERRORS as exc:  # no network, not cached with --no-download, bad file
+    except ENGINE_ERRORS as exc:  # no network, not cached with --no-download, bad file
         raise UsageError(str(exc)) from exc
     except ImportError as exc:  # TextExtraMissing
         raise UsageError(str(exc)) from exc
@@ -117,10 +132,10 @@ def find_objects(
         stability_score_thresh=args.stability_score_thresh,
         output_mode="binary_mask" if plan is None else "uncompressed_rle",
     )
-    _status(f"looking for {args.text!r}: segment everything, then CLIP ...")
+    status(f"looking for {args.text!r}: segment everything, then CLIP ...")
     try:
         if plan is not None:
-            from .tiling import TiledPredictor
+            from ..tiling import TiledPredictor
 
             return segment_text_tiled(
                 TiledPredictor(predictor, *plan), image, args.text, scorer=scorer, generator=generator,
@@ -138,43 +153,43 @@ def find_objects(
 
 def cmd_segment_text(args: argparse.Namespace) -> int:
     """``napari-sam segment IMAGE --text TEXT -o OUT.tif``."""
-    from .cli import _build_model, _check_output, _image_size, _read_image, _select_plane, _write_labels
-    from .cli import parse_channels
 
     if args.point or args.box:
         raise UsageError("--text finds the objects itself: leave out --point and --box (or run without --text)")
     check_text_args(args)
     channels = parse_channels(args.channels) if args.channels is not None else None
-    output = _check_output(args.output)
+    output = check_output_file(args.output)
     image_path = Path(args.image).expanduser()
-    image = _select_plane(_read_image(image_path), args.slice, str(image_path))
-    from .cli_tiled import large_plane_shape
-    from .tiling import tiling_plan
+    image = select_plane(read_image(image_path), args.slice, str(image_path))
+    from ..tiling import tiling_plan
+    from ..tiling.large import large_plane_shape
 
     try:
         large = large_plane_shape(image, args.channel_axis, channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    height, width = large or _image_size(image, args.channel_axis, channels)
-    sam = _build_model(args)
+    height, width = large or image_size(image, args.channel_axis, channels)
+    if large is None:  # small enough to look at whole
+        check_not_blank(image, image_path)
+    sam = build_model(args)
     plan = tiling_plan((height, width), sam.image_encoder.img_size)
     import numpy as np
 
-    from .predictor import SamPredictor
-    from .text import matches_to_labels
+    from ..predictor import SamPredictor
+    from ..text import matches_to_labels
 
     normalization = {"channel_axis": args.channel_axis, "channels": channels}
     if plan is not None:
-        from .cli_tiled import write_large_labels
+        from ..tiling.large import write_large_labels
 
-        _status(f"{width}x{height} px: looking tile by tile ({plan[0]}-px tiles, overlap {plan[1]} px)")
+        status(f"{width}x{height} px: looking tile by tile ({plan[0]}-px tiles, overlap {plan[1]} px)")
         matches = find_objects(SamPredictor(sam), image, args, normalization, plan=plan)
         # label 1 is the best match and wins where matches overlap: painted last
         areas = write_large_labels(output, (height, width), matches, range(len(matches) - 1, -1, -1))
     else:
         matches = find_objects(SamPredictor(sam), np.asarray(image), args, normalization)
         labels = matches_to_labels(matches, (height, width))
-        _write_labels(output, labels)
+        write_labels(output, labels)
         areas = [int((labels == k + 1).sum()) for k in range(len(matches))]
     for k, m in enumerate(matches):
         area = areas[k]
@@ -183,7 +198,7 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
         print(f"label {k + 1}: area {area} px{overlap}, text score {m.score:.3f} (similarity "
               f"{m.similarity:.3f}), predicted IoU {m.predicted_iou:.3f}")
     n = len(matches)
-    _status(f"wrote {output} ({width}x{height}, {n} object{'s' * (n != 1)} matching {args.text!r})")
+    status(f"wrote {output} ({width}x{height}, {n} object{'s' * (n != 1)} matching {args.text!r})")
     return 0
 
 
@@ -192,7 +207,7 @@ def track_prompts_from_text(predictor: Any, frames: Any, args: argparse.Namespac
     saved as ``out/text_prompts.json`` (reused when the run resumes)."""
     import numpy as np
 
-    from .propagate import ObjectPrompt, save_prompts
+    from ..propagate import ObjectPrompt, save_prompts
 
     frame = args.text_frame
     matches = find_objects(predictor, np.asarray(frames[frame]), args)

@@ -1,4 +1,4 @@
-"""``napari-sam segment`` and ``napari-sam label`` for images larger than the model input.
+"""Labels of planes larger than the model input: ``napari-sam segment`` and batch labeling, tile by tile.
 
 A plane whose long side exceeds 4x the model input (:func:`~src_core.tiling.tiling_plan`)
 is prompted tile by tile (:class:`~src_core.tiling.TiledPredictor`) or segmented
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .tiling import TiledImage, TiledPredictor, tiling_plan
+from .plan import tiling_plan
+from .predictor import TiledPredictor
+from .source import TiledImage
 
 __all__ = [
     "LARGE_PIXELS", "large_plane_shape", "label_memmap", "segment_large", "write_large_labels", "write_tiled_tiff",
@@ -86,7 +88,7 @@ def segment_large(
     higher predicted IoU wins. Returns (area, area before overlaps, predicted IoU)
     per label.
     """
-    from .predictor import SamPredictor
+    from ..predictor import SamPredictor
 
     tiled = TiledPredictor(SamPredictor(sam), *plan)
     tiled.set_image(image, channel_axis=channel_axis, channels=channels)
@@ -135,8 +137,8 @@ def label_large_image(generator: Any, image: Any, model_size: int | None, folder
     image as a memmap in ``folder`` (uint16, or uint32 past 65,535 masks; larger masks
     painted first) and that memmap's temporary path, which the caller deletes.
     """
-    from .rle import coco_encode_rle
-    from .tiling import generate_tiled, write_label_image
+    from ..rle import coco_encode_rle
+    from .everything import generate_tiled, write_label_image
 
     shape = tuple(int(n) for n in image.shape)
     if max(shape[:2]) <= 4 * (model_size or 1024) and max(shape[-2:]) <= 4 * (model_size or 1024):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .prompts import ObjectPrompt
+from ..propagate.prompts import ObjectPrompt
 
 SCENES = ("crossing", "turning", "occlusion", "reentry", "crowd", "cells")
 _STAMP_BITS = 16

@@ -3,7 +3,7 @@
 ``napari-sam label INPUT -o OUT [--model NAME] [--checkpoint FILE] [generator
 options] [--scheduler ADDRESS | --workers N] [--overwrite]`` writes, for every
 image of INPUT (a folder, a quoted glob, a TIFF stack or a video), ``KEY.tif``
-(labels) and ``KEY.json`` (SA-1B-style annotations with COCO RLEs) into OUT.
+(labels; a stack's planes or a video's frames: one ``FILE.zarr`` store) and ``KEY.json`` (SA-1B-style annotations with COCO RLEs) into OUT.
 Finished images are skipped when the command runs again. The engine is
 :mod:`src_core.batch`; this module parses, draws the progress bar and prints
 the summary. Exit codes: 0 all done, 1 some images failed, 2 a usage error
@@ -18,12 +18,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from . import checkpoints
-from .cli import _ENGINE_ERRORS, PROG, UsageError, _DownloadBar, _status
+from .common import (
+    ENGINE_ERRORS,
+    EXIT_PARTIAL,
+    PROG,
+    ProgressBar,
+    UsageError,
+    add_model_arguments,
+    resolve_weights,
+    status,
+)
 
 __all__ = ["add_label_parser"]
-
-_EXIT_FAILED = 1
 
 
 def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,7 +41,8 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Segment everything in every image of INPUT with SAM's automatic mask "
             "generator and write, per image, KEY.tif (labels: uint16, or uint32 past "
             "65535 masks; label k is annotation k; where masks overlap the smaller is "
-            "on top) and KEY.json (SA-1B style: image info and annotations with COCO RLE "
+            "on top; the planes of a TIFF stack and the frames of a video go into one "
+            "zarr store per file, FILE.zarr, at the index their JSON names) and KEY.json (SA-1B style: image info and annotations with COCO RLE "
             "segmentations, bbox XYWH, area, predicted_iou, stability_score, "
             "point_coords, crop_box). KEY is the file's name without its extension, plus "
             "_NNNN for a plane of a TIFF stack or a video frame. Images whose outputs "
@@ -50,17 +57,7 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "stack (each plane one image) or video (each frame one image)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (created if missing)")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="vit_b, vit_l, vit_h or vit_tiny (default: inferred from "
-                   "--checkpoint, else a cached official model, else the built-in vit_tiny)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE",
-                   help="local weights file (default: the official weights from the "
-                   "cache, downloaded if missing)")
-    p.add_argument("--no-download", action="store_true",
-                   help="fail instead of downloading official weights that are not cached")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 or mps")
-    p.add_argument("--dtype", default="auto",
-                   help="image encoder precision: auto (default), float32 or bfloat16")
+    add_model_arguments(p)
     gen = p.add_argument_group("mask generator (defaults: Meta's)")
     for name, kind, text in [
         ("points_per_side", int, "grid points per image side"),
@@ -92,7 +89,7 @@ def add_label_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from .batch import GeneratorSettings
+    from ..automatic.settings import GeneratorSettings
 
     given = {f.name: getattr(args, f.name) for f in fields(GeneratorSettings)
              if getattr(args, f.name) is not None}
@@ -107,50 +104,23 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _model_spec(args: argparse.Namespace) -> Any:
     """The model to run; official weights are found (or downloaded) here, once."""
-    from .batch import ModelSpec
-    from .model.build import MODEL_CONFIGS
+    from ..batch import ModelSpec
 
-    model = args.model
-    if model is not None and model not in MODEL_CONFIGS:
-        raise UsageError(f"unknown model {model!r}; expected one of {', '.join(MODEL_CONFIGS)}")
-    if args.checkpoint is not None:
-        path = Path(args.checkpoint).expanduser().resolve()  # workers may run elsewhere
-        if not path.is_file():
-            raise UsageError(f"checkpoint {args.checkpoint} does not exist or is not a file")
-        return ModelSpec(model or "auto", str(path), args.device, args.dtype)
-    model = model or checkpoints.default_model_type()
-    bar = _DownloadBar(f"downloading {model}")
-    try:
-        path = checkpoints.resolve_checkpoint(model, None, download=not args.no_download,
-                                              progress=bar)
-    except _ENGINE_ERRORS as exc:
-        raise UsageError(str(exc)) from exc
-    finally:
-        bar.close()
-    return ModelSpec(model, str(path), args.device, args.dtype)
+    model, path = resolve_weights(args)
+    return ModelSpec(model, path, args.device, args.dtype)
 
 
-class _ProgressBar:
-    """``progress(result, finished, total)`` for :func:`run_batch`: a tqdm bar on stderr."""
+def _bar() -> Any:
+    """``progress(result, finished, total)`` for :func:`run_batch` on the command line's bar."""
+    bar, failed = ProgressBar("labelling", "img"), []
 
-    def __init__(self) -> None:
-        self.bar = None
-        self.failed = 0
-
-    def __call__(self, result: Any, finished: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="img", desc="labelling", file=sys.stderr,
-                            dynamic_ncols=True)
+    def progress(result: Any, finished: int, total: int) -> None:
         if result.status == "failed":
-            self.failed += 1
-            self.bar.set_postfix(failed=self.failed, refresh=False)
-        self.bar.update(finished - self.bar.n)
+            failed.append(result.key)
+        bar(finished, total, **({"failed": len(failed)} if failed else {}))
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    progress.close = bar.close  # type: ignore[attr-defined]
+    return progress
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -164,19 +134,19 @@ def _cmd_label(args: argparse.Namespace) -> int:
     settings = _settings(args)
     spec = _model_spec(args)
 
-    from .batch import run_batch
+    from ..batch import run_batch
 
     where = f"the cluster at {args.scheduler}" if args.scheduler else "this machine"
     model = spec.model_type if spec.model_type != "auto" else Path(spec.checkpoint).name
-    _status(f"labelling {args.input} with {model} on {where}...")
-    bar = _ProgressBar()
+    status(f"labelling {args.input} with {model} on {where}...")
+    bar = _bar()
     try:
         summary = run_batch(
             args.input, args.output, spec, settings, scheduler=args.scheduler,
             workers=args.workers or 2, overwrite=args.overwrite,
             connect_timeout=args.connect_timeout, progress=bar,
         )
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise UsageError(str(exc)) from exc
     finally:
         bar.close()
@@ -193,5 +163,5 @@ def _cmd_label(args: argparse.Namespace) -> int:
         total = len(done) + len(skipped) + len(failed)
         print(f"{PROG}: error: {len(failed)} of {total} images failed (listed above); run "
               "the same command again to retry them", file=sys.stderr)
-        return _EXIT_FAILED
+        return EXIT_PARTIAL
     return 0

@@ -13,11 +13,17 @@ next to it lets ``--resume`` continue an interrupted run.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _ENGINE_ERRORS, UsageError, _status
+from .common import (
+    ENGINE_ERRORS,
+    ProgressBar,
+    UsageError,
+    check_output_file,
+    plain_text,
+    status,
+)
 
 __all__ = ["add_train_parser"]
 
@@ -36,13 +42,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_train_parser(sub: Any) -> None:
     """Register the ``train`` subcommand on ``sub`` (argparse subparsers)."""
-    from .train.trainer import TrainConfig
+    from ..train.trainer import TrainConfig
 
     defaults = TrainConfig()
     p = sub.add_parser(
         "train",
         help="fine-tune SAM on images with instance labels",
-        description=__doc__.split("\n\n", 1)[1],
+        description=plain_text(__doc__),
         formatter_class=_HelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="folder of image/label pairs, an image stack, or 'synthetic'")
@@ -85,17 +91,14 @@ def add_train_parser(sub: Any) -> None:
 
 
 def _check_output(path: Path, resume: bool) -> None:
-    if path.is_dir():
-        raise UsageError(f"-o {path} is a folder; give the checkpoint file to write, e.g. {path}/model.pth")
-    if not path.parent.exists():
-        raise UsageError(f"the folder of -o {path} does not exist")
+    check_output_file(path, (".pth", ".pt"), "a PyTorch checkpoint")
     if resume and not path.exists():
         raise UsageError(f"--resume: {path} does not exist (nothing to resume)")
 
 
 def _model(args: argparse.Namespace) -> Any:
-    from .device import resolve_device
-    from .model.build import MODEL_CONFIGS, build_sam, build_sam_from_config
+    from ..device import resolve_device
+    from ..model.build import MODEL_CONFIGS, build_sam, build_sam_from_config
 
     device = resolve_device(args.device)
     start = args.start
@@ -111,10 +114,8 @@ def _model(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .train.data import SceneStream, open_training_data
-    from .train.trainer import TrainConfig, Trainer, TrainingDiverged
+    from ..train.data import SceneStream, open_training_data
+    from ..train.trainer import TrainConfig, Trainer, TrainingDiverged
 
     _check_output(args.output, args.resume)
     for name in ("steps", "batch_size", "masks_per_image"):
@@ -139,15 +140,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(model, source, config, output=args.output)
         if args.resume:
             trainer.resume()
-        _status(f"training {len(source) if args.data != 'synthetic' else 'procedural'} images, "
+        status(f"training {len(source) if args.data != 'synthetic' else 'procedural'} images, "
                 f"{config.steps} steps, on {model.device}")
-        with tqdm(total=config.steps, initial=trainer.step, desc="train", file=sys.stderr, dynamic_ncols=True) as bar:
-            for record in trainer.run():
-                bar.set_postfix(loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.3f}")
-                bar.update(1)
+        with ProgressBar("train", "step", initial=trainer.step) as bar:
+            for step, record in enumerate(trainer.run(), start=trainer.step + 1):
+                bar(step, config.steps, loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.3f}")
     except TrainingDiverged as exc:
         raise UsageError(str(exc)) from exc
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise UsageError(str(exc)) from exc
-    _status(f"wrote {args.output} (resume state: {args.output}.state)")
+    status(f"wrote {args.output} (resume state: {args.output}.state)")
     return 0

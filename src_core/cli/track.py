@@ -25,22 +25,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _ENGINE_ERRORS, UsageError, _build_model, _status
+from ..video import VIDEO_SUFFIXES
+from .common import (
+    ENGINE_ERRORS,
+    EXIT_PARTIAL,
+    ProgressBar,
+    UsageError,
+    add_model_arguments,
+    build_predictor,
+    plain_text,
+    status,
+)
+from .text import (
+    add_text_arguments,
+    check_text_args,
+    text_fingerprint,
+    track_prompts_from_text,
+)
 
 __all__ = ["add_track_parser"]
 
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif")
-_EXIT_PARTIAL = 1
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``track`` subcommand to ``napari-sam``'s subparsers; returns its parser."""
-    from .propagate import DIRECTIONS, RECIPES
+    from ..propagate import DIRECTIONS, RECIPES
 
     p = subparsers.add_parser(
         "track",
         help="propagate prompted objects through a video or a stack (tracking)",
-        description=__doc__.split("\n\n", 1)[1],
+        description=plain_text(__doc__),
     )
     p.add_argument("input", metavar="VIDEO_OR_STACK",
                    help="video file (mp4, avi, mov, ...), TIFF stack or .npy (T, H, W[, C])")
@@ -59,13 +73,7 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--divisions", action="store_true", help="detect dividing cells (daughters get new ids)")
     p.add_argument("--z", action="store_true",
                    help="a z-stack: follow objects up and down from their slices, ending where they end")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="vit_b, vit_l, vit_h or vit_tiny (default: inferred from --checkpoint, else a "
-                   "cached official model, else the built-in vit_tiny)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="local weights file")
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading weights")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 or mps")
-    p.add_argument("--dtype", default="auto", help="image encoder precision: auto, float32 or bfloat16")
+    add_model_arguments(p)
     p.add_argument("--lenient", action="store_true",
                    help="keep the best mask unless it is empty or lies on another object (ignore SAM's "
                    "predicted IoU, stability and area jumps): for objects lost at once; costs ID switches "
@@ -78,8 +86,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--export-only", action="store_true",
                    help="do not track: write the exports again from what OUT holds (after one failed)")
     p.add_argument("--overwrite", action="store_true", help="start again, discarding a previous run in OUT")
-    from .cli_text import add_text_arguments
-
     add_text_arguments(p, track=True)
     p.set_defaults(func=_cmd_track)
     return p
@@ -92,11 +98,15 @@ def open_frames(path: Path) -> Any:
         raise UsageError(f"{path} does not exist")
     suffix = path.suffix.lower()
     try:
-        if suffix in _VIDEO_SUFFIXES:
-            from .video import VideoFrames
+        if suffix in VIDEO_SUFFIXES:
+            from ..video import VideoFrames
 
             return VideoFrames(path)
-        if suffix == ".npy":
+        if suffix == ".gif":  # an animation: small, read whole
+            import imageio.v3 as iio
+
+            frames = iio.imread(path, index=None)
+        elif suffix == ".npy":
             frames = np.load(path, mmap_mode="r")
         elif suffix in (".tif", ".tiff"):
             import tifffile
@@ -106,10 +116,11 @@ def open_frames(path: Path) -> Any:
             except (ValueError, OSError):
                 frames = tifffile.imread(path)
         else:
-            raise UsageError(f"{path}: expected a video ({', '.join(_VIDEO_SUFFIXES)}), a TIFF stack or .npy")
+            raise UsageError(f"{path}: expected a video ({', '.join(VIDEO_SUFFIXES)}), an animated GIF, "
+                             "a TIFF stack or .npy")
     except UsageError:
         raise
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise UsageError(f"{path} could not be read: {exc}") from exc
     if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] in (3, 4) and frames.shape[0] > 4):
         raise UsageError(f"{path} is a single image (shape {frames.shape}): there is nothing to track")
@@ -121,7 +132,7 @@ def open_frames(path: Path) -> Any:
 
 
 def _settings(args: argparse.Namespace, prompt_text: bytes, n: int, direction: str) -> Any:
-    from .propagate.run import RunSettings
+    from ..propagate.run import RunSettings
 
     return RunSettings(
         input=str(Path(args.input).resolve()), frames=n, prompts=hashlib.sha1(prompt_text).hexdigest(),
@@ -131,8 +142,8 @@ def _settings(args: argparse.Namespace, prompt_text: bytes, n: int, direction: s
 
 
 def _cmd_track(args: argparse.Namespace) -> int:
-    from .propagate import check_prompts, get_recipe, load_prompts
-    from .propagate.run import RunMismatch, TrackingRun
+    from ..propagate import check_prompts, get_recipe, load_prompts
+    from ..propagate.run import RunMismatch, TrackingRun
 
     out = Path(args.output).expanduser()
     if args.export_only:
@@ -145,8 +156,6 @@ def _cmd_track(args: argparse.Namespace) -> int:
     if (args.prompts is None) == (args.text is None):
         raise UsageError("track needs the objects to start from: --prompts FILE or --text TEXT (one of them)")
     if args.text is not None:
-        from .cli_text import check_text_args, text_fingerprint
-
         check_text_args(args)
         prompt_path, prompts, prompt_bytes = None, None, text_fingerprint(args)
     else:
@@ -181,11 +190,9 @@ def _cmd_track(args: argparse.Namespace) -> int:
     if run.complete:
         return _export(args, out, run, frames, already=True)
     if run.started:
-        _status(f"resuming the run in {out}")
+        status(f"resuming the run in {out}")
     predictor = None
     if prompts is None:  # --text: the objects found on --text-frame (kept for resuming)
-        from .cli_text import track_prompts_from_text
-
         saved = out / "text_prompts.json"
         if run.started and saved.is_file():
             prompts = load_prompts(saved)
@@ -194,31 +201,29 @@ def _cmd_track(args: argparse.Namespace) -> int:
             prompts = track_prompts_from_text(predictor, frames, args, out)
     run.start(prompts, shape)
     predictor = predictor if predictor is not None else _make_predictor(args)
-    from tqdm import tqdm
-
-    from .propagate import PropagationError
+    from ..propagate import PropagationError
 
     done, total = run.frames_total()
-    bar = tqdm(total=total, initial=done, unit="frame", desc="tracking", file=sys.stderr, dynamic_ncols=True)
+    bar = ProgressBar("tracking", "frame", initial=done)
     failure = None
     try:
-        for _ in run.track(frames, predictor, prompts):
-            bar.update(1)
+        for step, _ in enumerate(run.track(frames, predictor, prompts), start=done + 1):
+            bar(step, total)
     except PropagationError as exc:
         hint = f" Frames past {exc.frame} cannot be read: rerun with --overwrite --stop {exc.frame}." if exc.direction > 0 else ""
         failure = f"{exc}{hint}"
     except KeyboardInterrupt:
         bar.close()
-        _status(f"interrupted: what was done is in {out}; run the same command again to resume")
+        status(f"interrupted: what was done is in {out}; run the same command again to resume")
         raise
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         bar.close()
         raise UsageError(str(exc)) from exc
     bar.close()
     code = _export(args, out, run, frames, video=not failure)
     if failure:
         print(f"napari-sam: error: {failure} Partial results are in {out}.", file=sys.stderr)
-        return _EXIT_PARTIAL
+        return EXIT_PARTIAL
     return code
 
 
@@ -238,13 +243,13 @@ def _export(args: argparse.Namespace, out: Path, run: Any, frames: Any = None, *
     if failed:
         print(f"napari-sam: error: {len(failed)} export(s) failed; the labels and tables are in {out}: "
               "redo them with --export-only (or the same command again)", file=sys.stderr)
-        return _EXIT_PARTIAL
+        return EXIT_PARTIAL
     if already and not written:
-        _status(f"{out} already holds this run, complete (pass --overwrite to redo it)")
+        status(f"{out} already holds this run, complete (pass --overwrite to redo it)")
     elif run.complete:
         import numpy as np
 
-        from .propagate import read_table
+        from ..propagate import read_table
 
         ids = np.unique(read_table(out / "table.csv")["id"]) if (out / "table.csv").is_file() else []
         print(f"tracked {len(ids)} object{'s' * (len(ids) != 1)} over {run.settings.frames} frames; outputs in {out}")
@@ -252,6 +257,4 @@ def _export(args: argparse.Namespace, out: Path, run: Any, frames: Any = None, *
 
 
 def _make_predictor(args: argparse.Namespace) -> Any:
-    from .predictor import SamPredictor
-
-    return SamPredictor(_build_model(args))
+    return build_predictor(args)  # a seam: tests put the stand-in segmenter here
