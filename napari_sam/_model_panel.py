@@ -93,6 +93,15 @@ class ModelPanel(QWidget):
             self.checkpoint_edit.text().strip() or None,
         )
 
+    def needs_download(self) -> bool:
+        """Whether loading the chosen model would download weights (no local file, not cached)."""
+        from src_core.checkpoints import EMBEDDED_MODEL, cached_checkpoint
+
+        choice = self.choice()
+        if choice.checkpoint or choice.model_type == EMBEDDED_MODEL:
+            return False
+        return cached_checkpoint(choice.model_type) is None
+
     def hint(self) -> str:
         return weights_hint(self.model_box.currentText())
 

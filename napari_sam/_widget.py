@@ -36,7 +36,7 @@ KEYS = (
     ("M", "show the next of the three candidate masks"),
     ("C", "commit the object to 'SAM labels' with a new id"),
     ("Q", "discard the current object's prompts"),
-    ("Ctrl+Z", "undo a commit (with 'SAM labels' selected)"),
+    ("Ctrl+Z", "undo the last commit"),
 )
 
 
@@ -63,6 +63,9 @@ class SegmentAnythingWidget(QWidget):
         self._preview_region: tuple | None = None  # the box painted in a large (tiled) plane
         self._negative_once = False
         self._connected: set[int] = set()  # prompt layers whose events we listen to
+        self._generation = 0  # counts the predictors set (an automatic load yields to a newer one)
+        self._loading = False
+        self._shown_once = False
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -190,6 +193,10 @@ class SegmentAnythingWidget(QWidget):
         points.events.data.connect(self._on_points_changed)
         boxes.events.data.connect(self._on_prompts_changed)
         points.mouse_drag_callbacks.insert(0, self._on_points_press)
+        for layer in (points, boxes, self.layers[L.LABELS]):
+            # Ctrl+Z undoes the last commit from the prompt layers too (napari's own undo
+            # only listens on the labels layer), and the status says so
+            layer.bind_key("Control-Z", lambda _: self.undo_commit(), overwrite=True)
         for layer in (points, boxes):
             layer.bind_key("c", lambda _: self.commit(), overwrite=True)
             layer.bind_key("q", lambda _: self.clear(), overwrite=True)
@@ -229,7 +236,7 @@ class SegmentAnythingWidget(QWidget):
         colors = L.point_colors(labels)
         if colors:
             points.face_color = colors
-        self._on_prompts_changed()
+        self._on_prompts_changed(event)
 
     def _restore_positive(self) -> None:
         points = self.layers.get(L.POINTS)
@@ -246,18 +253,40 @@ class SegmentAnythingWidget(QWidget):
 
     # -- model --------------------------------------------------------------------------
 
-    def load_model(self) -> None:
-        """Load the chosen model in a worker (downloads official weights if needed)."""
+    def load_model(self, *, automatic: bool = False) -> None:
+        """Load the chosen model in a worker (downloads official weights if needed).
+
+        ``automatic``: the load the widget starts by itself when it is first shown
+        without a model; it never downloads, and a model set meanwhile wins.
+        """
         if self._worker is not None:
-            show_info("Busy: wait for the current job to finish.")
+            if not automatic:
+                show_info("Busy: wait for the current job to finish.")
             return
-        choice = self.model_panel.choice()
+        if automatic and (self.predictor is not None or self.model_panel.needs_download()):
+            return
+        choice, generation = self.model_panel.choice(), self._generation
         self._set_status(f"Loading {choice.name} ...")
+        self._loading = True
         worker = thread_worker(
             load_predictor, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {choice.name}"}
         )(choice)
-        worker.returned.connect(lambda predictor: self.set_predictor(predictor, choice.name))
+
+        def loaded(predictor) -> None:
+            if not (automatic and self._generation != generation):  # else a model was set meanwhile
+                self.set_predictor(predictor, choice.name)
+
+        worker.returned.connect(loaded)
+        worker.finished.connect(lambda: setattr(self, "_loading", False))
         self._run(worker)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            # the default model (built in, or an official one already cached) loads by
+            # itself, so a first click is never silently ignored
+            QTimer.singleShot(0, lambda: self.load_model(automatic=True))
 
     def set_predictor(self, predictor, name: str = "model", cache=None) -> None:
         """Use ``predictor`` (a SamPredictor or anything with its interface).
@@ -266,6 +295,7 @@ class SegmentAnythingWidget(QWidget):
         per-user one, used when the model's weights have an identity.
         """
         self.predictor = predictor
+        self._generation += 1
         self._cache = cache
         self.segmenter = ObjectSegmenter(predictor)
         self._embedded = None
@@ -496,7 +526,18 @@ class SegmentAnythingWidget(QWidget):
     # -- decode -------------------------------------------------------------------------
 
     def _on_prompts_changed(self, event=None) -> None:
-        if self.predictor is None or not self.layers:
+        if not self.layers:
+            return
+        if getattr(event, "action", None) in ("adding", "removing", "changing"):
+            return  # napari announces an edit before making it: act once, after
+        if self.predictor is None:
+            if self._loading:  # the prompt is decoded once the model is ready
+                self._decode_pending = True
+                self._set_status("Loading the model: your prompt is used when it is ready.")
+            else:
+                message = "No model is loaded yet: press 'Load model' (the built-in one loads in about a second)."
+                show_info(message)
+                self._set_status(message)
             return
         self._cancelled = None  # a prompt is a request to segment: embed if needed
         if self._worker is not None or self._embedded != self._embedding_key():
@@ -570,6 +611,19 @@ class SegmentAnythingWidget(QWidget):
             )
         self._set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
         self.clear()
+
+    def undo_commit(self) -> None:
+        """Undo the last change to 'SAM labels' (a commit, or a stroke painted there)."""
+        labels = self.layers.get(L.LABELS)
+        if labels is None:
+            return
+        before = int(np.asarray(labels.data).max())
+        labels.undo()
+        after = int(np.asarray(labels.data).max())
+        if after < before:
+            self._set_status(f"undid the commit of object {before}; the next object gets id {after + 1}")
+        else:
+            self._set_status("undid the last change to 'SAM labels'")
 
     def clear(self) -> None:
         """Discard the current object's prompts, preview and logits."""

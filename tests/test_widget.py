@@ -534,3 +534,51 @@ def test_a_blank_plane_is_refused_with_a_warning(make_napari_viewer, qtbot, monk
     add_point(w, 20, 20, plane=(1,))
     wait(qtbot, w)
     assert w.layers[L.PREVIEW].data[1, 20, 20] == 1 and len(warnings_) == 1
+
+
+def test_ctrl_z_with_the_points_layer_selected_undoes_the_commit(widget, qtbot):
+    """Issue 28: Ctrl+Z did nothing with 'SAM points' selected, and the status kept saying 'committed'."""
+    viewer, w = widget()
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    w.commit()
+    assert w.layers[L.LABELS].data[20, 20] == 1 and "committed object 1" in w.status.text()
+    viewer.layers.selection.active = w.layers[L.POINTS]
+    handler = viewer.window._qt_viewer._key_map_handler  # the viewer's own key dispatch
+    handler.press_key("Control-Z")
+    handler.release_key("Control-Z")
+    assert w.layers[L.LABELS].data[20, 20] == 0
+    assert "undid the commit of object 1" in w.status.text()
+
+
+def test_a_click_before_any_model_says_what_to_do(make_napari_viewer, qtbot, monkeypatch):
+    import napari_sam._widget as widget_module
+    from napari_sam._widget import SegmentAnythingWidget
+
+    infos = []
+    monkeypatch.setattr(widget_module, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs_image(), name="img")
+    w = SegmentAnythingWidget(viewer)  # never shown: nothing loads by itself
+    add_point(w, 20, 20)
+    assert w.predictor is None and len(infos) == 1 and "Load model" in infos[0]
+    assert "No model is loaded yet" in w.status.text()
+
+
+def test_the_shown_widget_loads_the_default_model_and_uses_an_early_click(
+        make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    """Issue 28: the built-in model (or a cached official one) loads when the widget first shows."""
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.checkpoints import EMBEDDED_MODEL
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))  # nothing official cached: the built-in model
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(blobs_image(), name="img", contrast_limits=(0, 4000))
+    w = SegmentAnythingWidget(viewer)
+    assert w.model_panel.model_box.currentText() == EMBEDDED_MODEL and w.predictor is None
+    viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
+    add_point(w, 20, 20)  # clicked while the model loads
+    qtbot.waitUntil(lambda: w.predictor is not None, timeout=30000)
+    assert "ready" in w.status.text() or "Embedding" in w.status.text() or "mask" in w.status.text()
+    qtbot.waitUntil(lambda: w.idle and not w._decode_pending and w.layers[L.PREVIEW].data.any(), timeout=30000)
+    assert w.layers[L.PREVIEW].data[20, 20] == 1  # the early click was segmented, not dropped
