@@ -34,7 +34,56 @@ def read_video(path: Union[str, list[str]]) -> list[LayerDataTuple]:
 
     frames = VideoFrames(Path(path))
     metadata = {"fps": frames.fps, "path": str(frames.path)}
-    return [(frames, {"name": frames.path.stem, "rgb": True, "metadata": metadata}, "image")]
+    return [(ShownFrames(frames, frames.path.name), {"name": frames.path.stem, "rgb": True, "metadata": metadata},
+             "image")]
+
+
+class ShownFrames:
+    """A video as napari shows it: a frame that cannot be decoded (a truncated or damaged
+    file) shows black, with one notification per frame, instead of a traceback and a
+    stale picture. :attr:`source` is the video itself, for work that must stop on a
+    damaged frame (tracking)."""
+
+    def __init__(self, source: Any, name: str = "the video") -> None:
+        self.source, self.name = source, name
+        self.shape, self.dtype, self.ndim = tuple(source.shape), source.dtype, len(source.shape)
+        self.unreadable: set[int] = set()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def close(self) -> None:
+        """Close the video (its ffmpeg reader)."""
+        self.source.close()
+
+    def __getitem__(self, key: Any) -> Any:
+        import numpy as np
+
+        parts = key if isinstance(key, tuple) else (key,)
+        first, rest = (parts[0], parts[1:]) if parts else (slice(None), ())
+        if isinstance(first, slice):  # napari reads a frame as a one-frame slice too
+            frames = range(len(self))[first]
+            return np.stack([self._frame(t, rest) for t in frames]) if len(frames) else self.source[key]
+        if isinstance(first, (int, np.integer)):
+            return self._frame(int(first), rest)
+        return self.source[key]
+
+    def _frame(self, t: int, rest: tuple) -> Any:
+        try:
+            return self.source[(t, *rest)]
+        except (IndexError, OSError, ValueError, RuntimeError) as exc:
+            import numpy as np
+
+            if not -len(self) <= t < len(self):
+                raise
+            t %= len(self)
+            if t not in self.unreadable:
+                self.unreadable.add(t)
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"Frame {t} of {self.name} cannot be read ({' '.join(str(exc).split())[:200]}); "
+                             "it is shown black.")
+            return np.zeros(self.shape[1:], self.dtype)[rest]
 
 
 def get_labels_reader(path: Union[str, list[str]]) -> Optional[ReaderFunction]:

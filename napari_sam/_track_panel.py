@@ -100,6 +100,11 @@ def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
     return TrackOutcome("done", done)
 
 
+NOT_A_STACK = "Track follows objects through a video or a stack: choose one in 'image' (File > Open a video)."
+NEXT_STEP = ("Click on an object on any frame: it becomes object 1. Press 'New object' (O) before "
+             "clicking the next one, or draw boxes. Then choose the frames and press Propagate.")
+
+
 class TrackPanel(QWidget):
     """Object ids, range, direction, Propagate/Cancel, key frames and exports."""
 
@@ -129,6 +134,9 @@ class TrackPanel(QWidget):
         box = QGroupBox("Track")
         outer.addWidget(box)
         form = QFormLayout(box)
+        self.hint_label = QLabel(NOT_A_STACK)
+        self.hint_label.setWordWrap(True)
+        form.addRow(self.hint_label)
         self.object_box = QSpinBox()
         self.object_box.setRange(1, 2**31 - 1)
         self.object_box.setToolTip("New clicks and boxes in 'SAM track prompts/boxes' belong to this object.")
@@ -255,6 +263,25 @@ class TrackPanel(QWidget):
     def _keys_on(self, along: T.TrackAxis) -> set[int]:
         return {f for f in map(along.frame, self._key_planes) if f is not None}
 
+    def open(self) -> bool:
+        """The tab was opened: on a video or stack, make its layers and get them ready for clicks.
+
+        The track prompts layer becomes the active one, in add mode, the frame range is
+        the image's, and the hint says what to do next. Nothing is said on a 2D image
+        but the hint (the tab may be opened just to look).
+        """
+        image = self.host.image_layer
+        if image is None or len(L.spatial_shape(image)) not in (3, 4):
+            self.hint_label.setText(NOT_A_STACK)
+            return False
+        if not self.prepare():
+            return False
+        points = self.layers[T.PROMPTS]
+        self.host.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.hint_label.setText(NEXT_STEP)
+        return True
+
     def prepare(self) -> bool:
         """Make (or find) the track layers for the chosen image; False (with a message) if it can't be tracked."""
         image = self.host.image_layer
@@ -374,7 +401,7 @@ class TrackPanel(QWidget):
         labels_layer = self.layers[T.TRACKS]
         along = self.track_axis()
         channels = host.channel_layers()  # "+ channels": tracked together with the image
-        frames = along.take(image.data)
+        frames = along.take(getattr(image.data, "source", image.data))  # a damaged video frame stops the run
         if channels:
             frames = T.StackedFrames([frames, *(along.take(layer.data) for layer in channels)])
         tracks = along.take(labels_layer.data)

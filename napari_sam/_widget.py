@@ -122,6 +122,7 @@ class SegmentAnythingWidget(QWidget):
         for panel, title in ((self.everything, "Everything"), (self.text, "Text"),
                              (self.track, "Track"), (self.finetune, "Fine-tune")):
             self.tabs.addTab(panel, title)
+        self.tabs.currentChanged.connect(self._on_tab_changed)
         layout.addWidget(self.tabs)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
@@ -131,6 +132,10 @@ class SegmentAnythingWidget(QWidget):
         keys.setWordWrap(True)
         layout.addWidget(keys)
         layout.addStretch()
+
+    def _on_tab_changed(self, index: int) -> None:
+        if self.tabs.widget(index) is self.track:
+            self.track.open()  # its layers, ready for clicks, and what to do next
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -184,6 +189,8 @@ class SegmentAnythingWidget(QWidget):
         self._connect_prompt_layers()
         self.viewer.layers.selection.active = self.layers[L.POINTS]
         self.layers[L.POINTS].mode = "add"
+        if self.tabs.currentWidget() is self.track:
+            self.track.open()
         self._ensure_embedding()
 
     def _connect_prompt_layers(self) -> None:

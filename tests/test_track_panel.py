@@ -727,3 +727,33 @@ def test_track_labels_open_in_napari_as_a_lazy_labels_layer(make_napari_viewer, 
     np.testing.assert_array_equal(layer.data[17], frame)
     layer.paint((3, 5, 5), 4)  # a correction goes into the store
     assert LabelStore(tmp_path / "run" / "labels.zarr")[3][5, 5] == 4
+
+
+def test_opening_the_track_tab_makes_its_layers_ready_for_clicks(make_napari_viewer, scene, qtbot):
+    """Issue 28: the tab showed "frames 0 to 0", clicks went to the ordinary preview, and the
+    prompts layer started in pan mode until Propagate had failed once."""
+    from napari_sam._widget import SegmentAnythingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(scene[:], name="video")
+    w = SegmentAnythingWidget(viewer)
+    w.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    assert T.PROMPTS not in viewer.layers
+    w.tabs.setCurrentWidget(w.track)  # the user opens the tab
+    points = viewer.layers[T.PROMPTS]
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    assert (w.track.first_box.value(), w.track.last_box.value()) == (0, len(scene) - 1)
+    assert "Click on an object" in w.track.hint_label.text()
+    points.add(np.array([[5, 40.0, 40.0]]))  # a click lands on the track prompts, object 1
+    assert list(points.features["obj_id"]) == [1] and not w.layers["SAM points"].data.size
+
+
+def test_the_track_tab_on_a_2d_image_says_what_it_needs(make_napari_viewer, qtbot):
+    from napari_sam._widget import SegmentAnythingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="plane")
+    w = SegmentAnythingWidget(viewer)
+    w.tabs.setCurrentWidget(w.track)
+    assert T.PROMPTS not in viewer.layers and "video or a stack" in w.track.hint_label.text()

@@ -459,7 +459,7 @@ def test_reader_returns_a_lazy_rgb_layer(videos):
     [(data, meta, layer_type)] = get_reader(str(videos["mp4"]))(str(videos["mp4"]))
     try:
         assert layer_type == "image"
-        assert isinstance(data, VideoFrames) and not isinstance(data, np.ndarray)
+        assert isinstance(data.source, VideoFrames) and not isinstance(data, np.ndarray)  # lazy, read frame by frame
         assert data.shape == (N_FRAMES, HEIGHT, WIDTH, 3)
         assert meta["name"] == "moving" and meta["rgb"] is True
         assert meta["metadata"] == {"fps": pytest.approx(FPS), "path": str(videos["mp4"])}
@@ -475,7 +475,7 @@ def test_napari_opens_video_and_slider_shows_frames(make_napari_viewer, videos, 
     layers = viewer.open(str(videos["mp4"]), plugin="napari-sam")
     assert len(layers) == 1 and isinstance(layers[0], Image)
     layer = layers[0]
-    assert isinstance(layer.data, VideoFrames)
+    assert isinstance(layer.data.source, VideoFrames)
     assert layer.rgb and layer.data.shape == (N_FRAMES, HEIGHT, WIDTH, 3)
     assert layer.metadata["fps"] == pytest.approx(FPS)
     assert viewer.dims.nsteps[0] == N_FRAMES
@@ -483,4 +483,37 @@ def test_napari_opens_video_and_slider_shows_frames(make_napari_viewer, videos, 
         viewer.dims.set_point(0, k)
         shown = np.asarray(layer._slice.image.raw)
         np.testing.assert_array_equal(shown, references["mp4"][k])
-    assert layer.data.frames_decoded < 30  # napari did not read the whole video
+    assert layer.data.source.frames_decoded < 30  # napari did not read the whole video
+
+
+@pytest.mark.gui
+def test_a_damaged_frame_shows_black_with_one_notification(make_napari_viewer, monkeypatch):
+    """Issue 28: a truncated video printed an IndexError traceback and kept a stale frame."""
+    from napari_sam._reader import ShownFrames
+
+    warnings_ = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings_.append)
+
+    class Truncated:  # what VideoFrames does past the last frame it can decode
+        shape, dtype = (20, 24, 32, 3), np.uint8
+
+        def __getitem__(self, key):
+            key = key if isinstance(key, tuple) else (key,)
+            frames = range(20)[key[0]] if isinstance(key[0], slice) else [key[0]]
+            if any(t >= 15 for t in frames):
+                raise IndexError(f"frame {max(frames)} could not be decoded: the file ends at frame 14")
+            stack = np.full((len(frames), 24, 32, 3), 100, np.uint8)
+            return stack[(slice(None), *key[1:])] if isinstance(key[0], slice) else stack[0][key[1:]]
+
+    frames = ShownFrames(Truncated(), "clip.mp4")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(frames, rgb=True, name="clip")
+    for t in (19, 18, 19):  # the user drags the slider to the end and back
+        viewer.dims.current_step = (t, 0, 0)
+    assert not np.asarray(layer._slice.image.view)[..., :3].any()  # black, not the stale frame 14
+    assert sum("Frame 19 of clip.mp4 cannot be read" in w for w in warnings_) == 1  # once per frame
+    assert sum("Frame 18" in w for w in warnings_) == 1
+    viewer.dims.current_step = (3, 0, 0)
+    assert np.asarray(layer._slice.image.view)[..., :3].min() == 100
+    with pytest.raises(IndexError):  # work that must stop on it (tracking) reads the source
+        frames.source[19]
