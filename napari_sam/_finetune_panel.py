@@ -165,18 +165,20 @@ class FinetunePanel(QWidget):
 
         return popup
 
-    def refresh_labels(self, event=None) -> None:
-        """List the viewer's Labels layers, keeping the choice (SAM labels first)."""
+    def refresh_labels(self, event=None, *, image_changed: bool = False) -> None:
+        """List the viewer's Labels layers (the chosen image's own "SAM labels" first),
+        keeping the user's choice, except when the image changed: then its own labels."""
         from napari.layers import Labels
 
         current = self.labels_box.currentText()
-        names = [layer.name for layer in self.host.viewer.layers if isinstance(layer, Labels)]
-        names.sort(key=lambda name: name != L.LABELS)
+        layers = {layer.name: layer for layer in self.host.viewer.layers if isinstance(layer, Labels)}
+        own = self.host.layers.get(L.LABELS)  # the chosen image's own "SAM labels"
+        own_name = own.name if own is not None else L.LABELS
+        names = sorted(layers, key=lambda name: name != own_name)
         self.labels_box.blockSignals(True)
         self.labels_box.clear()
         self.labels_box.addItems(names)
-        if current in names:
-            self.labels_box.setCurrentText(current)
+        self.labels_box.setCurrentText(current if current in layers and not image_changed else own_name)
         self.labels_box.blockSignals(False)
 
     def settings(self) -> FinetuneSettings:

@@ -45,13 +45,34 @@ def point_colors(labels: np.ndarray) -> list[str]:
     return [POSITIVE_COLOR if int(v) == 1 else NEGATIVE_COLOR for v in labels]
 
 
+#: metadata keys that bind a SAM layer to its image (found again when the user comes back)
+OWNER, ROLE = "napari_sam_image", "napari_sam_role"
+
+
+def owner_id(image_layer) -> str:
+    """The image's identity as stored in its SAM layers' metadata."""
+    return str(image_layer.unique_id)
+
+
+def layer_name(role: str, image_layer, viewer) -> str:
+    """``role`` ("SAM points", ...) for the first image that has SAM layers; for the next
+    ones ``role [image name]``, so each image's layers are told apart in the layer list."""
+    taken = {layer.name for layer in viewer.layers}
+    mine = f"{role} [{image_layer.name}]"
+    return role if role not in taken else mine
+
+
 def ensure_layers(viewer, image_layer) -> dict:
-    """Create (or reuse, when they fit the image) the four SAM layers; return them by name."""
+    """The four SAM layers of ``image_layer``: its own, found again by their metadata
+    (or created), prompt layers kept above the image. Returns them by role.
+
+    A layer named for a role with no owner (made by an earlier version, or by hand)
+    that fits the image is adopted by it.
+    """
     shape = spatial_shape(image_layer)
     geometry = _geometry(image_layer)
     ndim = len(shape)
-    layers = {}
-    existing = {layer.name: layer for layer in viewer.layers}
+    me = owner_id(image_layer)
 
     def fits(layer) -> bool:
         # prompt layers need the image's dimensions; mask layers its exact shape
@@ -59,36 +80,57 @@ def ensure_layers(viewer, image_layer) -> dict:
             return tuple(layer.data.shape) == shape
         return layer.ndim == ndim
 
-    points = existing.get(POINTS)
-    if points is None or not fits(points):
-        points = viewer.add_points(
-            np.zeros((0, ndim)),
-            name=POINTS,
-            features={"label": np.zeros(0, dtype=int)},
-            feature_defaults={"label": 1},
-            face_color=POSITIVE_COLOR,
-            border_color="white",
-            size=max(3.0, 0.012 * max(shape[-2:])),
-            **geometry,
-        )
+    def find(role: str):
+        for layer in viewer.layers:
+            if layer.metadata.get(OWNER) == me and layer.metadata.get(ROLE) == role and fits(layer):
+                return layer
+        orphan = next((layer for layer in viewer.layers if layer.name == role), None)
+        if orphan is not None and OWNER not in orphan.metadata and fits(orphan):
+            orphan.metadata.update({OWNER: me, ROLE: role})
+            return orphan
+        return None
+
+    def mark(layer, role: str):
+        layer.metadata.update({OWNER: me, ROLE: role})
+        return layer
+
+    layers = {}
+    points = find(POINTS) or mark(viewer.add_points(
+        np.zeros((0, ndim)),
+        name=layer_name(POINTS, image_layer, viewer),
+        features={"label": np.zeros(0, dtype=int)},
+        feature_defaults={"label": 1},
+        face_color=POSITIVE_COLOR,
+        border_color="white",
+        size=max(3.0, 0.012 * max(shape[-2:])),
+        **geometry,
+    ), POINTS)
     layers[POINTS] = points
-    boxes = existing.get(BOXES)
-    if boxes is None or not fits(boxes):
-        boxes = viewer.add_shapes(
-            name=BOXES,
-            ndim=ndim,
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=max(1.0, 0.004 * max(shape[-2:])),
-            **geometry,
-        )
+    boxes = find(BOXES) or mark(viewer.add_shapes(
+        name=layer_name(BOXES, image_layer, viewer),
+        ndim=ndim,
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=max(1.0, 0.004 * max(shape[-2:])),
+        **geometry,
+    ), BOXES)
     layers[BOXES] = boxes
     for name, opacity in ((LABELS, 0.5), (PREVIEW, 0.6)):
-        layer = existing.get(name)
-        if layer is None or not fits(layer):
-            layer = viewer.add_labels(np.zeros(shape, dtype=np.uint32), name=name, opacity=opacity, **geometry)
+        layer = find(name) or mark(viewer.add_labels(
+            np.zeros(shape, dtype=np.uint32), name=layer_name(name, image_layer, viewer), opacity=opacity,
+            **geometry), name)
         layers[name] = layer
+    raise_above(viewer, image_layer, [layers[LABELS], layers[PREVIEW], boxes, points])
     return layers
+
+
+def raise_above(viewer, image_layer, layers: list) -> None:
+    """Keep ``layers`` (in this order, the last on top) above ``image_layer`` in the layer list."""
+    below = viewer.layers.index(image_layer)
+    if all(viewer.layers.index(layer) > below for layer in layers):
+        return
+    for layer in layers:
+        viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
 
 
 def current_plane(image_layer, viewer) -> tuple[int, ...]:

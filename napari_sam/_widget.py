@@ -189,6 +189,7 @@ class SegmentAnythingWidget(QWidget):
         self._connect_prompt_layers()
         self.viewer.layers.selection.active = self.layers[L.POINTS]
         self.layers[L.POINTS].mode = "add"
+        self.finetune.refresh_labels(image_changed=True)  # the chosen image's own labels
         if self.tabs.currentWidget() is self.track:
             self.track.open()
         self._ensure_embedding()

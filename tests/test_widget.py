@@ -582,3 +582,31 @@ def test_the_shown_widget_loads_the_default_model_and_uses_an_early_click(
     assert "ready" in w.status.text() or "Embedding" in w.status.text() or "mask" in w.status.text()
     qtbot.waitUntil(lambda: w.idle and not w._decode_pending and w.layers[L.PREVIEW].data.any(), timeout=30000)
     assert w.layers[L.PREVIEW].data[20, 20] == 1  # the early click was segmented, not dropped
+
+
+def test_each_image_keeps_its_own_layers(widget, qtbot):
+    """Issue 28: switching images made 'SAM labels [1]', then '[3]' on the way back, and the
+    objects committed on the first image were left in a layer no longer used."""
+    viewer, w = widget()
+    first = viewer.layers["img"]
+    add_point(w, 20, 20)
+    wait(qtbot, w)
+    w.commit()
+    mine = dict(w.layers)
+    assert mine[L.LABELS].data[20, 20] == 1
+    viewer.add_image(blobs_image((60, 90)), name="second")  # opened later: on top of everything
+    w.image_panel.image_box.setCurrentText("second")  # the user picks it in the widget
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["second"]),
+                    timeout=5000)
+    theirs = dict(w.layers)
+    assert all(theirs[k] is not mine[k] for k in mine) and theirs[L.LABELS].data.shape == (60, 90)
+    assert theirs[L.POINTS].name == "SAM points [second]"
+    order = [layer.name for layer in viewer.layers]
+    assert order.index("SAM points [second]") > order.index("second")  # clicks are visible
+    assert w.finetune.labels_box.currentText() == theirs[L.LABELS].name  # the panels follow the image
+    w.image_panel.image_box.setCurrentText("img")  # and back
+    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(first), timeout=5000)
+    assert all(w.layers[k] is mine[k] for k in mine)  # found again, objects included
+    assert w.layers[L.LABELS].data[20, 20] == 1
+    assert w.finetune.labels_box.currentText() == L.LABELS
+    assert len(viewer.layers) == 2 + 8  # two images, four SAM layers each: nothing was made twice
