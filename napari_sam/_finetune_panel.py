@@ -118,6 +118,7 @@ class FinetunePanel(QWidget):
     def __init__(self, host) -> None:
         super().__init__()
         self.host = host
+        self._started: tuple[float, int] | None = None  # (time, step) the estimate counts from
         self._stop = threading.Event()
         self._progress: progress | None = None
         self._build_ui()
@@ -229,6 +230,7 @@ class FinetunePanel(QWidget):
             return
         settings, device, dtype = self.settings(), model.device, model.encoder_dtype
         self._stop.clear()
+        self._started = None
 
         def work():
             path = finetune(model, images, masks, settings, output, self._report, self._stop.is_set)
@@ -261,8 +263,19 @@ class FinetunePanel(QWidget):
         self.progressed.emit(step, total, loss)  # from the worker to the UI thread
 
     def _on_progress(self, step: int, total: int, loss: float) -> None:
+        import time
+
+        now = time.monotonic()
+        if step <= 1 or self._started is None:
+            self._started = (now, step)
+        first_time, first_step = self._started
+        left = ""
+        if step > first_step:  # time per step measured after the first (which warms up)
+            seconds = (now - first_time) / (step - first_step) * (total - step)
+            left = f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
         self.progress_bar.setValue(step)
-        self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}")
+        self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}{left}")
+        self.host._set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
         bar = self._progress  # napari's progress may process events: _on_done can run meanwhile
         if bar is not None:
             bar.set_description(f"Fine-tune (loss {loss:.3f})")
@@ -275,6 +288,8 @@ class FinetunePanel(QWidget):
             return
         # the message outlives the status line, which the re-embedding overwrites
         show_info(f"Fine-tuned model saved to {output} and in use. Load it later as a local weights file.")
+        # the model box says what is in use: the model type with the fine-tuned weights file
+        self.host.model_panel.show_weights(output)
         self.host.set_predictor(predictor, f"fine-tuned model ({output})")
 
     def _on_done(self) -> None:

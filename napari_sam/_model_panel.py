@@ -93,6 +93,10 @@ class ModelPanel(QWidget):
             self.checkpoint_edit.text().strip() or None,
         )
 
+    def show_weights(self, path) -> None:
+        """Show a weights file now in use (a fine-tuned copy): the weights field names it."""
+        self.checkpoint_edit.setText(str(path))
+
     def needs_download(self) -> bool:
         """Whether loading the chosen model would download weights (no local file, not cached)."""
         from src_core.checkpoints import EMBEDDED_MODEL, cached_checkpoint

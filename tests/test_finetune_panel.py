@@ -87,6 +87,8 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     assert any(not torch.equal(new[k], before[k]) for k in decoder)  # trained
     assert all(torch.equal(new[k], before[k]) for k in encoder)  # frozen by default
     assert str(out) in make.infos[-1]
+    assert w.model_panel.choice().checkpoint == str(out)  # the model box says which weights are in use
+    assert "left" in panel.progress_bar.format()  # an estimate of the time left was shown
     # the image is embedded again with the new weights, ready for clicks
     qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
     assert "ready" in w.status.text().lower()
