@@ -277,7 +277,7 @@ class EverythingPanel(QWidget):
             show_warning("Segment everything: load a model first ('Load model').")
             return
         if not host.layers:  # a SAM layer was removed: make them again, then embed
-            host._on_image_changed()
+            host.prepare_layers()
             if not host.idle:
                 show_warning("Segment everything: preparing the image; press Run again when it is ready.")
                 return
@@ -303,8 +303,8 @@ class EverythingPanel(QWidget):
             prefix, planes = plane, [plane]
         labels_layer = host.layers[L.LABELS]
         overwrite = host.paint_over.isChecked()
-        generator, read = self._generator, host._plane_reader(image)
-        normalization, stop = host._normalization(image), self._stop.is_set
+        generator, read = self._generator, host.plane_reader(image)
+        normalization, stop = host.normalization(image), self._stop.is_set
         self._stop.clear()
 
         if plan is not None:
@@ -324,19 +324,19 @@ class EverythingPanel(QWidget):
         worker.returned.connect(lambda labels: self._on_result(labels, labels_layer, prefix, overwrite))
         worker.finished.connect(self._on_done)
         where = f"{len(planes)} slices" if len(planes) > 1 else f"plane {plane}" if plane else "the image"
-        host._set_status(f"Segmenting everything in {where} of '{image.name}' ...")
+        host.set_status(f"Segmenting everything in {where} of '{image.name}' ...")
         self._progress = progress(total=0, desc="Segment everything")
         self.progress_bar.setRange(0, 0)  # busy until the first report
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        host._run(worker)
+        host.run_job(worker)
 
     def cancel(self) -> None:
         """Stop a running segment everything after its current point batch."""
         if self._generator is not None:
             self._stop.set()  # between slices too: generate() clears the generator's own flag
             self._generator.cancel()
-            self.host._set_status("cancelling segment everything ...")
+            self.host.set_status("cancelling segment everything ...")
 
     def _report(self, done: int, total: int) -> None:
         # called in the worker: the signal carries it to the UI thread
@@ -352,7 +352,7 @@ class EverythingPanel(QWidget):
     def _on_result(self, labels, labels_layer, prefix: tuple, overwrite: bool) -> None:
         self._stop.clear()  # finished: a late cancel changes nothing
         if labels is None:
-            self.host._set_status("Segment everything cancelled; the labels are unchanged.")
+            self.host.set_status("Segment everything cancelled; the labels are unchanged.")
             return
         if labels_layer not in self.host.viewer.layers:
             show_warning(f"'{L.LABELS}' was removed while segmenting: the result is dropped.")
@@ -368,15 +368,15 @@ class EverythingPanel(QWidget):
             show_error(f"Segment everything: {err}")
             return
         if not first:
-            self.host._set_status("Segment everything found nothing new (try lower thresholds).")
+            self.host.set_status("Segment everything found nothing new (try lower thresholds).")
             return
         count = last - first + 1
         undo = "" if undoable else " (too large to undo)"
-        self.host._set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")
+        self.host.set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")
 
     def _on_done(self) -> None:
         if self._stop.is_set():  # no result came (the job was aborted): say so
-            self.host._set_status("Segment everything cancelled; the labels are unchanged.")
+            self.host.set_status("Segment everything cancelled; the labels are unchanged.")
         self._generator = None
         if self._progress is not None:
             self._progress.close()

@@ -223,7 +223,7 @@ class FinetunePanel(QWidget):
         output = output or default_output(image.name)
         try:
             images, masks = training_pairs(
-                host._plane_reader(image), host._normalization(image), labels, tuple(spatial[:-2])
+                host.plane_reader(image), host.normalization(image), labels, tuple(spatial[:-2])
             )
         except ValueError as err:
             show_error(f"Fine-tune: {err}")
@@ -243,7 +243,7 @@ class FinetunePanel(QWidget):
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda predictor: self._on_result(predictor, output))
         worker.finished.connect(self._on_done)
-        host._set_status(
+        host.set_status(
             f"Fine-tuning on {len(images)} plane(s) of '{image.name}' with '{name}' for {settings.steps} steps ..."
         )
         self._progress = progress(total=settings.steps, desc="Fine-tune")
@@ -251,13 +251,13 @@ class FinetunePanel(QWidget):
         self.progress_bar.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        host._run(worker)
+        host.run_job(worker)
 
     def cancel(self) -> None:
         """Stop after the current step; nothing is written and the model is unchanged."""
         if not self.run_button.isEnabled():
             self._stop.set()
-            self.host._set_status("cancelling fine-tuning ...")
+            self.host.set_status("cancelling fine-tuning ...")
 
     def _report(self, step: int, total: int, loss: float) -> None:
         self.progressed.emit(step, total, loss)  # from the worker to the UI thread
@@ -275,7 +275,7 @@ class FinetunePanel(QWidget):
             left = f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
         self.progress_bar.setValue(step)
         self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}{left}")
-        self.host._set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
+        self.host.set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
         bar = self._progress  # napari's progress may process events: _on_done can run meanwhile
         if bar is not None:
             bar.set_description(f"Fine-tune (loss {loss:.3f})")
@@ -284,7 +284,7 @@ class FinetunePanel(QWidget):
 
     def _on_result(self, predictor, output: Path) -> None:
         if predictor is None:
-            self.host._set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
+            self.host.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
             return
         # the message outlives the status line, which the re-embedding overwrites
         show_info(f"Fine-tuned model saved to {output} and in use. Load it later as a local weights file.")
@@ -295,7 +295,7 @@ class FinetunePanel(QWidget):
     def _on_done(self) -> None:
         if self._stop.is_set():  # no result came (the job was aborted): say so
             self._stop.clear()
-            self.host._set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
+            self.host.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
         if self._progress is not None:
             self._progress.close()
             self._progress = None

@@ -147,7 +147,7 @@ class TextPanel(QWidget):
             show_warning("SAM text: load a model first ('Load model').")
             return
         if not host.layers:  # a SAM layer was removed: make them again
-            host._on_image_changed()
+            host.prepare_layers()
             if not host.idle:
                 show_warning("SAM text: preparing the image; press Find again when it is ready.")
                 return
@@ -158,13 +158,13 @@ class TextPanel(QWidget):
         except (ValueError, RuntimeError, ImportError) as err:
             show_error(f"SAM text: {err}")
             return
-        key = host._embedding_key()
+        key = host.embedding_key()
         # a large plane is read tile by tile, by a tiled predictor of its own: the
         # widget's predictor keeps its embedding
-        plane, set_image = key[1], plan is None and key != host._embedded
+        plane, set_image = key[1], plan is None and key != host.embedded
         source = T.lazy_plane([image, *host.channel_layers()], plane) if plan is not None else None
         predictor, generator, factory = host.predictor, self._generator, self.scorer_factory
-        read, normalization = host._plane_reader(image), host._normalization(image)
+        read, normalization = host.plane_reader(image), host.normalization(image)
         negatives, top_k = self.negatives(), self.top_k_box.value() or None
         threshold, stop, report = self.threshold_box.value(), self._stop.is_set, self._report
         self._stop.clear()
@@ -195,15 +195,15 @@ class TextPanel(QWidget):
         worker.returned.connect(lambda result: self._on_result(result, text, plane, key, set_image))
         worker.finished.connect(self._on_done)
         if set_image:
-            host._embedded = None  # the predictor will hold the shown plane again
+            host.forget_embedding()  # the predictor will hold the shown plane again
         where = f" in plane {plane}" if plane else ""
         where += ", tile by tile" if plan is not None else ""
-        host._set_status(f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
+        host.set_status(f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
         self.progress_bar.setRange(0, 0)
         self.find_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._running = True
-        host._run(worker)
+        host.run_job(worker)
 
     def cancel(self) -> None:
         """Stop a running search after its current batch."""
@@ -211,7 +211,7 @@ class TextPanel(QWidget):
             self._stop.set()
             if self._generator is not None and hasattr(self._generator, "cancel"):
                 self._generator.cancel()
-            self.host._set_status("cancelling the text search ...")
+            self.host.set_status("cancelling the text search ...")
 
     def _report(self, done: int, total: int) -> None:
         self.progressed.emit(int(done), int(total))  # from the worker to the UI thread
@@ -227,13 +227,13 @@ class TextPanel(QWidget):
         self._stop.clear()  # a result came: a late cancel changes nothing
         status, value = result
         if set_image and status == "ok":
-            host._embedded = key  # the predictor holds the plane's embedding now
+            host.adopt_embedding(key)  # the predictor holds the plane's embedding now
         if status == "cancelled":
-            host._set_status("SAM text cancelled; nothing changed.")
+            host.set_status("SAM text cancelled; nothing changed.")
             return
         if status == "error":
             show_error(f"SAM text: {value}")
-            host._set_status(f"SAM text: {value}")
+            host.set_status(f"SAM text: {value}")
             return
         preview = host.layers.get(L.PREVIEW)
         if preview is None:
@@ -241,15 +241,15 @@ class TextPanel(QWidget):
             return
         if host.segmenter is not None:
             host.segmenter.reset()  # the preview now shows the text's matches
-        L.show_preview(preview, None, plane, host._preview_plane)
-        view = preview.data[plane] if plane else preview.data
-        for k in range(len(value) - 1, -1, -1):  # label 1 = the best match, on top
-            value[k].paste(view, k + 1)
-        preview.refresh()
-        host._preview_plane, host._preview_region = plane, None
+
+        def paint(view) -> None:
+            for k in range(len(value) - 1, -1, -1):  # label 1 = the best match, on top
+                value[k].paste(view, k + 1)
+
+        host.show_in_preview(plane, paint)
         self.matches, self.match_plane = value, plane
         scores = f"scores {value[0].score:.2f}" + (f" to {value[-1].score:.2f}" if len(value) > 1 else "")
-        host._set_status(
+        host.set_status(
             f"SAM text: {len(value)} object{'s' * (len(value) != 1)} match {text!r} ({scores}). "
             "Commit (C) adds them, Clear (Q) drops them, 'Track these' tracks them."
         )
@@ -257,7 +257,7 @@ class TextPanel(QWidget):
     def _on_done(self) -> None:
         if self._stop.is_set():  # no result came (the job was aborted): say so
             self._stop.clear()
-            self.host._set_status("SAM text cancelled; nothing changed.")
+            self.host.set_status("SAM text cancelled; nothing changed.")
         self._running = False
         self._generator = None
         self.progress_bar.setRange(0, 1)
@@ -293,9 +293,9 @@ class TextPanel(QWidget):
             return
         self.discard()
         if not first:
-            host._set_status("SAM text: nothing new to commit (the matches are labelled already).")
+            host.set_status("SAM text: nothing new to commit (the matches are labelled already).")
         else:
-            host._set_status(f"committed {last - first + 1} object{'s' * (last != first)}, ids {first}-{last}")
+            host.set_status(f"committed {last - first + 1} object{'s' * (last != first)}, ids {first}-{last}")
 
     def track_matches(self) -> None:
         """Give each match to the Track panel as a new object: its box on the shown frame."""
@@ -316,6 +316,6 @@ class TextPanel(QWidget):
             boxes.add_rectangles(np.array(corners, float))
         last = first + len(self.matches) - 1
         where = ", ".join(map(str, plane))
-        self.host._set_status(
+        self.host.set_status(
             f"Track: objects {first}-{last} prompted by their boxes in plane ({where}); press Propagate."
         )

@@ -352,7 +352,7 @@ class TrackPanel(QWidget):
         if self.host.viewer.layers.selection.active is not self.layers[T.BOXES]:
             self.host.viewer.layers.selection.active = points  # ready to click on the next object
             points.mode = "add"
-        self.host._set_status(f"Track: object {self.object_box.value()}; click on it or draw a box.")
+        self.host.set_status(f"Track: object {self.object_box.value()}; click on it or draw a box.")
 
     # -- key frames ---------------------------------------------------------------------
 
@@ -409,9 +409,9 @@ class TrackPanel(QWidget):
         along_z = self.axis_box.currentIndex() == 1
         direction = "both" if along_z else self.direction_box.currentText()
         keys = self._keys_on(along)
-        kwargs = host._normalization(image)  # the widget's contrast, the channels included
+        kwargs = host.normalization(image)  # the widget's contrast, the channels included
         model_id = getattr(getattr(host.predictor, "model", None), "weights_id", None)
-        cache = host._embedding_cache() if model_id else None
+        cache = host.embedding_cache() if model_id else None
         settings = self.settings()
         try:
             prompts = T.collect_track_prompts(
@@ -441,16 +441,16 @@ class TrackPanel(QWidget):
         worker.returned.connect(self._on_outcome)
         worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", self._done)))
         worker.finished.connect(self._on_done)
-        host._embedded = None  # the predictor will hold other frames: the shown one comes back after
+        host.forget_embedding()  # the predictor will hold other frames: the shown one comes back after
         if host.segmenter is not None:
             host.segmenter.reset()
         what = "slices" if along_z else "frames"
-        host._set_status(f"Tracking {len(prompts)} prompts through {what} {start}-{stop - 1} ...")
+        host.set_status(f"Tracking {len(prompts)} prompts through {what} {start}-{stop - 1} ...")
         self._progress = progress(total=0, desc="Tracking")
         self.progress_bar.setRange(0, 0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        host._run(worker)
+        host.run_job(worker)
 
     def _clear(self, along: T.TrackAxis, tracks, frames: set[int]) -> None:
         """Forget what earlier runs left on ``frames`` (labels and table rows): the run fills them again."""
@@ -484,7 +484,7 @@ class TrackPanel(QWidget):
             return  # no run: the next one clears the flag
         if hasattr(self.host.predictor, "cancel"):
             self.host.predictor.cancel()  # within an embedding
-        self.host._set_status("cancelling tracking ...")
+        self.host.set_status("cancelling tracking ...")
 
     def _on_result(self, result) -> None:
         self._done += 1
@@ -510,7 +510,7 @@ class TrackPanel(QWidget):
             if lost:
                 self._lost[plane] = {i: result.objects[i].reason for i in lost}
             self.show_lost()
-        self.host._set_status(
+        self.host.set_status(
             f"frame {result.frame}: {len(result.objects) - len(lost)} object{'s' * (len(result.objects) - len(lost) != 1)}"
             + (f", lost {lost}" if lost else "")
             + f" ({result.step}/{result.total})"
@@ -534,12 +534,12 @@ class TrackPanel(QWidget):
         self.outcome = outcome
         self._update_tracks()
         if outcome.status == "done":
-            self.host._set_status(f"Tracking done: {outcome.frames} frames.")
+            self.host.set_status(f"Tracking done: {outcome.frames} frames.")
         elif outcome.status == "cancelled":
-            self.host._set_status("Tracking cancelled; the frames tracked so far are kept.")
+            self.host.set_status("Tracking cancelled; the frames tracked so far are kept.")
         else:
             show_error(f"Track: {outcome.message}")
-            self.host._set_status(f"Tracking stopped after {outcome.frames} frames; they are kept.")
+            self.host.set_status(f"Tracking stopped after {outcome.frames} frames; they are kept.")
 
     def _on_done(self) -> None:
         self._stop.clear()
@@ -673,7 +673,7 @@ class TrackPanel(QWidget):
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
-        self.host._set_status(f"Table written to {path}")
+        self.host.set_status(f"Table written to {path}")
         return path
 
     def export_trajectories(self, path=None) -> Path | None:
@@ -689,7 +689,7 @@ class TrackPanel(QWidget):
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
-        self.host._set_status(f"Trajectories written to {path}")
+        self.host.set_status(f"Trajectories written to {path}")
         return path
 
     def export_video(self, path=None):
@@ -706,7 +706,7 @@ class TrackPanel(QWidget):
         worker = thread_worker(
             write_overlay_video, ignore_errors=True, progress={"total": 0, "desc": "Writing overlay video"}
         )(path, frames, labels, fps=fps)
-        worker.returned.connect(lambda written: self.host._set_status(f"Overlay video written to {written}"))
-        self.host._set_status(f"Writing {path} ...")
-        self.host._run(worker)
+        worker.returned.connect(lambda written: self.host.set_status(f"Overlay video written to {written}"))
+        self.host.set_status(f"Writing {path} ...")
+        self.host.run_job(worker)
         return worker

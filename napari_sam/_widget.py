@@ -13,7 +13,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from src_core.interactive import ObjectSegmenter
@@ -45,7 +45,19 @@ class EmbeddingNotStored(Exception):
 
 
 class SegmentAnythingWidget(QWidget):
-    """Dock widget driving SAM on the selected image layer."""
+    """Dock widget driving SAM on the selected image layer.
+
+    Its public API is what the panels (and tests) use: :attr:`predictor`,
+    :attr:`image_layer` and its SAM :attr:`layers`, :meth:`channel_layers`,
+    :meth:`normalization`, :meth:`plane_reader`, :meth:`embedding_cache`,
+    :attr:`embedded` / :meth:`embedding_key` / :meth:`forget_embedding` /
+    :meth:`adopt_embedding`, :meth:`run_job` with :attr:`idle` and
+    :attr:`current_job`, :meth:`set_status`, :meth:`show_in_preview`,
+    :meth:`prepare_layers`, and the :attr:`ready` signal.
+    """
+
+    #: emitted with the embedding key when the shown plane is embedded and prompts can be decoded
+    ready = Signal(object)
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -79,7 +91,7 @@ class SegmentAnythingWidget(QWidget):
         self.model_panel = ModelPanel()
         self.model_panel.load_button.clicked.connect(self.load_model)
         self.model_panel.model_box.currentIndexChanged.connect(
-            lambda *_: self.predictor is None and self._set_status(self.model_panel.hint())
+            lambda *_: self.predictor is None and self.set_status(self.model_panel.hint())
         )
         layout.addWidget(self.model_panel)
         self.image_panel = ImagePanel()
@@ -137,7 +149,7 @@ class SegmentAnythingWidget(QWidget):
         if self.tabs.widget(index) is self.track:
             self.track.open()  # its layers, ready for clicks, and what to do next
 
-    def _set_status(self, text: str) -> None:
+    def set_status(self, text: str) -> None:
         self.status.setText(text)
 
     # -- image and layers ---------------------------------------------------------------
@@ -229,7 +241,7 @@ class SegmentAnythingWidget(QWidget):
         new = 0 if int(points.feature_defaults["label"][0]) == 1 else 1
         points.feature_defaults["label"] = new
         points.current_face_color = L.POSITIVE_COLOR if new else L.NEGATIVE_COLOR
-        self._set_status(f"new points: {'object' if new else 'background'}")
+        self.set_status(f"new points: {'object' if new else 'background'}")
 
     def _on_points_changed(self, event=None) -> None:
         points = self.layers.get(L.POINTS)
@@ -274,7 +286,7 @@ class SegmentAnythingWidget(QWidget):
         if automatic and (self.predictor is not None or self.model_panel.needs_download()):
             return
         choice, generation = self.model_panel.choice(), self._generation
-        self._set_status(f"Loading {choice.name} ...")
+        self.set_status(f"Loading {choice.name} ...")
         self._loading = True
         worker = thread_worker(
             load_predictor, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {choice.name}"}
@@ -286,7 +298,7 @@ class SegmentAnythingWidget(QWidget):
 
         worker.returned.connect(loaded)
         worker.finished.connect(lambda: setattr(self, "_loading", False))
-        self._run(worker)
+        self.run_job(worker)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
@@ -307,16 +319,52 @@ class SegmentAnythingWidget(QWidget):
         self._cache = cache
         self.segmenter = ObjectSegmenter(predictor)
         self._embedded = None
-        self._set_status(f"{name} ready.")
+        self.set_status(f"{name} ready.")
         self._ensure_embedding()
 
     # -- jobs ---------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
+        """No job (model load, embedding, decode, a panel's work) is running."""
         return self._worker is None
 
-    def _run(self, worker) -> None:
+    @property
+    def current_job(self):
+        """The running napari worker (None when idle)."""
+        return self._worker
+
+    @property
+    def settled(self) -> bool:
+        """Idle, with no prompt edit waiting to be decoded."""
+        return self._worker is None and not self._decode_pending
+
+    @property
+    def embedded(self):
+        """The key (layer id, plane, settings, channels) of the plane the predictor holds, or None."""
+        return self._embedded
+
+    def forget_embedding(self) -> None:
+        """A job is about to give the predictor other images: the shown plane is embedded again after it."""
+        self._embedded = None
+
+    def adopt_embedding(self, key) -> None:
+        """A job left the embedding of ``key`` (see :meth:`embedding_key`) in the predictor."""
+        self._embedded = key
+
+    def prepare_layers(self) -> None:
+        """Make (or find) the chosen image's SAM layers again, and embed its shown plane."""
+        self._on_image_changed()
+
+    def show_in_preview(self, plane: tuple, paint) -> None:
+        """Clear the preview, call ``paint(view)`` on ``plane``'s view of it, and show it."""
+        preview = self.layers[L.PREVIEW]
+        L.show_preview(preview, None, plane, self._preview_plane)
+        paint(preview.data[plane] if plane else preview.data)
+        preview.refresh()
+        self._preview_plane, self._preview_region = plane, None
+
+    def run_job(self, worker) -> None:
         # every worker is made with ignore_errors=True: its errors arrive here and
         # become notifications instead of being raised in the event loop
         self._worker = worker
@@ -329,59 +377,59 @@ class SegmentAnythingWidget(QWidget):
 
         if isinstance(exc, Cancelled):
             # not again by itself: a new plane or a new prompt asks for it
-            self._cancelled = self._embedding_key()
-            self._set_status("Embedding cancelled; change plane or add a prompt to embed again.")
+            self._cancelled = self.embedding_key()
+            self.set_status("Embedding cancelled; change plane or add a prompt to embed again.")
             return
         show_error(f"Segment Anything: {exc}")
-        self._set_status(str(exc))
+        self.set_status(str(exc))
 
     def _on_finished(self) -> None:
         self._worker = None
         if self.predictor is None or self.image_layer is None or not self.layers:
             return
-        if self._embedding_key() != self._embedded:
+        if self.embedding_key() != self._embedded:
             self._ensure_embedding()
         elif self._decode_pending:
             self._decode_pending = False
             self._start_decode()
 
-    def _normalization(self, image) -> dict:
+    def normalization(self, image) -> dict:
         return self.image_panel.normalization(image, self._images())
 
-    def _plane_reader(self, image):
+    def plane_reader(self, image):
         return self.image_panel.plane_reader(image, self._images())
 
-    def _embedding_key(self):
+    def embedding_key(self):
         image = self.image_layer
         if image is None:
             return None
         plane = L.current_plane(image, self.viewer)
-        settings = repr(sorted(self._normalization(image).items()))
+        settings = repr(sorted(self.normalization(image).items()))
         channels = tuple(id(layer) for layer in self.channel_layers())
         return (id(image), plane, settings, channels)
 
     def _ensure_embedding(self) -> None:
         if self.predictor is None or self.image_layer is None or not self.layers:
             return
-        key = self._embedding_key()
+        key = self.embedding_key()
         if key == self._embedded or key == self._cancelled:
             return
         if self._worker is not None:
             return  # _on_finished comes back here
         image = self.image_layer
         plane = key[1]
-        kwargs = self._normalization(image)
+        kwargs = self.normalization(image)
         plan = T.plan_for(image, self.predictor)
         if plan is not None:  # large planes are prompted tile by tile
             self._prepare_tiled(image, key, plan, kwargs)
             return
         if isinstance(self.segmenter, TiledObjectSegmenter):  # back from a large plane
             self.segmenter = ObjectSegmenter(self.predictor)
-        predictor, plane_data = self.predictor, self._plane_reader(image)
+        predictor, plane_data = self.predictor, self.plane_reader(image)
         where = f" (plane {plane})" if plane else ""
-        self._set_status(f"Embedding '{image.name}'{where} ...")
+        self.set_status(f"Embedding '{image.name}'{where} ...")
         model_id = getattr(getattr(predictor, "model", None), "weights_id", None)
-        cache = self._embedding_cache() if model_id else None
+        cache = self.embedding_cache() if model_id else None
         failures, blank = [], []
 
         def embed():
@@ -402,15 +450,15 @@ class SegmentAnythingWidget(QWidget):
         worker.finished.connect(
             lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
         )
-        self._run(worker)
+        self.run_job(worker)
 
     def _prepare_tiled(self, image, key, plan: tuple[int, int], kwargs: dict) -> None:
         # nothing is embedded now: the tiles a prompt reaches are, when it is decoded
         model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
-        segmenter = T.make_segmenter(self.predictor, plan, self._embedding_cache() if model_id else None, model_id)
+        segmenter = T.make_segmenter(self.predictor, plan, self.embedding_cache() if model_id else None, model_id)
         source = T.lazy_plane([image, *self.channel_layers()], key[1])
         height, width = L.spatial_shape(image)[-2:]
-        self._set_status(f"'{image.name}' is {width}x{height} px: preparing {plan[0]}-px tiles ...")
+        self.set_status(f"'{image.name}' is {width}x{height} px: preparing {plan[0]}-px tiles ...")
 
         def prepare():
             segmenter.tiled.set_image(source, **kwargs)  # reads a subsample for the contrast
@@ -418,13 +466,13 @@ class SegmentAnythingWidget(QWidget):
 
         worker = thread_worker(prepare, ignore_errors=True, progress={"total": 0, "desc": "Preparing tiles"})()
         worker.returned.connect(lambda key: self._on_tiled_ready(segmenter, key, plan))
-        self._run(worker)
+        self.run_job(worker)
 
     def _on_tiled_ready(self, segmenter: TiledObjectSegmenter, key, plan: tuple[int, int]) -> None:
         self.segmenter = segmenter
         self._preview_region = None
         self._on_embedded(key)
-        self._set_status(
+        self.set_status(
             f"Ready (large image: each prompt is segmented in {plan[0]}-px tiles, embedded "
             "when a prompt first reaches them): click on an object."
         )
@@ -440,7 +488,7 @@ class SegmentAnythingWidget(QWidget):
             return
         lead = L.spatial_shape(image)[:-2]
         model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
-        cache = self._embedding_cache() if model_id else None
+        cache = self.embedding_cache() if model_id else None
         if not lead:
             show_info(f"'{image.name}' has a single plane: nothing more to embed.")
             return
@@ -460,8 +508,8 @@ class SegmentAnythingWidget(QWidget):
         from src_core.jobs import Cancelled
 
         planes = list(np.ndindex(*lead))
-        predictor, kwargs = self.predictor, self._normalization(image)
-        plane_data = self._plane_reader(image)
+        predictor, kwargs = self.predictor, self.normalization(image)
+        plane_data = self.plane_reader(image)
         failures = []
 
         def run():
@@ -487,13 +535,13 @@ class SegmentAnythingWidget(QWidget):
         worker = thread_worker(
             run, ignore_errors=True, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
         )()
-        worker.yielded.connect(lambda done: self._set_status(f"embedded {done}/{len(planes)} slices"))
-        worker.returned.connect(lambda result: self._set_status(f"embedding all slices: {result}"))
-        worker.aborted.connect(lambda: self._set_status("embedding all slices: cancelled"))
+        worker.yielded.connect(lambda done: self.set_status(f"embedded {done}/{len(planes)} slices"))
+        worker.returned.connect(lambda result: self.set_status(f"embedding all slices: {result}"))
+        worker.aborted.connect(lambda: self.set_status("embedding all slices: cancelled"))
         self._embedded = None  # the predictor now holds other planes; the shown one comes back
         if self.segmenter is not None:
             self.segmenter.reset()
-        self._run(worker)
+        self.run_job(worker)
 
     def cancel(self) -> None:
         """Stop the running embedding (within one encoder block), 'embed all slices' or segment everything."""
@@ -507,9 +555,9 @@ class SegmentAnythingWidget(QWidget):
             self._worker.quit()  # generator workers: 'embed all slices' stops between slices
         if hasattr(self.predictor, "cancel"):
             self.predictor.cancel()
-        self._set_status("cancelling ...")
+        self.set_status("cancelling ...")
 
-    def _embedding_cache(self):
+    def embedding_cache(self):
         if not self.use_cache.isChecked():
             return None
         if self._cache is None:
@@ -525,11 +573,13 @@ class SegmentAnythingWidget(QWidget):
             self.segmenter.reset()
         self._decode_pending = True  # prompts may already exist on this plane
         if blank is None:
-            self._set_status("Ready: click on an object.")
-            return
-        message = f"'{name}' is blank (every pixel is {blank:g}): nothing to segment, prompts on it are ignored."
-        show_warning(message)
-        self._set_status(message)
+            self.set_status("Ready: click on an object.")
+        else:
+            message = (f"'{name}' is blank (every pixel is {blank:g}): nothing to segment, "
+                       "prompts on it are ignored.")
+            show_warning(message)
+            self.set_status(message)
+        self.ready.emit(key)
 
     # -- decode -------------------------------------------------------------------------
 
@@ -541,14 +591,14 @@ class SegmentAnythingWidget(QWidget):
         if self.predictor is None:
             if self._loading:  # the prompt is decoded once the model is ready
                 self._decode_pending = True
-                self._set_status("Loading the model: your prompt is used when it is ready.")
+                self.set_status("Loading the model: your prompt is used when it is ready.")
             else:
                 message = "No model is loaded yet: press 'Load model' (the built-in one loads in about a second)."
                 show_info(message)
-                self._set_status(message)
+                self.set_status(message)
             return
         self._cancelled = None  # a prompt is a request to segment: embed if needed
-        if self._worker is not None or self._embedded != self._embedding_key():
+        if self._worker is not None or self._embedded != self.embedding_key():
             self._decode_pending = True
             if self._worker is None:
                 self._ensure_embedding()
@@ -559,13 +609,13 @@ class SegmentAnythingWidget(QWidget):
         plane = self._embedded[1]
         if self._blank == self._embedded:  # SAM's answer on a blank plane would be arbitrary
             self._show(None, plane)
-            self._set_status("This plane is blank (one value everywhere): nothing to segment.")
+            self.set_status("This plane is blank (one value everywhere): nothing to segment.")
             return
         prompt = L.collect_prompt(self.layers[L.POINTS], self.layers[L.BOXES], plane)
         segmenter = self.segmenter
         worker = thread_worker(segmenter.decode, ignore_errors=True)(prompt)
         worker.returned.connect(lambda candidates: self._show(candidates, plane))
-        self._run(worker)
+        self.run_job(worker)
 
     def _show(self, candidates, plane) -> None:
         preview = self.layers.get(L.PREVIEW)
@@ -577,7 +627,7 @@ class SegmentAnythingWidget(QWidget):
             self._preview_region = T.show_preview(preview, tiled, plane, self._preview_region)
             self._preview_plane = plane
             if tiled is not None:
-                self._set_status(
+                self.set_status(
                     f"mask {candidates.choice + 1}/{len(candidates.options)}, predicted IoU "
                     f"{min(max(tiled.score, 0.0), 1.0):.2f}, {tiled.area} px"
                 )
@@ -586,7 +636,7 @@ class SegmentAnythingWidget(QWidget):
         L.show_preview(preview, mask, plane, self._preview_plane)
         self._preview_plane = plane
         if candidates is not None:
-            self._set_status(
+            self.set_status(
                 f"mask {candidates.choice + 1}/{len(candidates.masks)}, predicted IoU "
                 f"{min(max(candidates.score, 0.0), 1.0):.2f}, {int(mask.sum())} px"
             )
@@ -617,7 +667,7 @@ class SegmentAnythingWidget(QWidget):
             new_id = L.commit_mask(
                 self.layers[L.LABELS], candidates.mask, plane, overwrite=self.paint_over.isChecked()
             )
-        self._set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
+        self.set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
         self.clear()
 
     def undo_commit(self) -> None:
@@ -629,9 +679,9 @@ class SegmentAnythingWidget(QWidget):
         labels.undo()
         after = int(np.asarray(labels.data).max())
         if after < before:
-            self._set_status(f"undid the commit of object {before}; the next object gets id {after + 1}")
+            self.set_status(f"undid the commit of object {before}; the next object gets id {after + 1}")
         else:
-            self._set_status("undid the last change to 'SAM labels'")
+            self.set_status("undid the last change to 'SAM labels'")
 
     def clear(self) -> None:
         """Discard the current object's prompts, preview and logits."""

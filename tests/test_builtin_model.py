@@ -94,13 +94,13 @@ def test_widget_default_model_click_gives_the_nucleus(make_napari_viewer, qtbot,
     viewer.window._qt_window.resize(1500, 900)
     assert w.model_panel.model_box.currentText() == "vit_tiny"
     w.load_model()
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
     ious = []
     for k, i in enumerate(ids[:4]):
         region = truth == i
         x, y = interior_point(region)
         w.layers[L.POINTS].add(np.array([y, x], dtype=float))
-        qtbot.waitUntil(lambda: w.idle and not w._decode_pending, timeout=10000)
+        qtbot.waitUntil(lambda: w.settled, timeout=10000)
         preview = np.asarray(w.layers[L.PREVIEW].data) > 0
         ious.append(_iou(preview, region))
         if k < 3:

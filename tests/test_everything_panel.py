@@ -74,7 +74,7 @@ def widget(make_napari_viewer, qtbot):
         viewer.add_image(blobs_image() if image is None else image, name="img")
         w = SegmentAnythingWidget(viewer)
         w.set_predictor(StandInPredictor(), "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
         generator = StandInGenerator() if generator is None else generator
         w.everything.generator_factory = lambda predictor, settings: generator
         return viewer, w, generator
@@ -178,7 +178,7 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
     w.everything.run()  # no model
     assert "model" in warnings[-1] and w.idle
     w.set_predictor(StandInPredictor(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     w.everything.run()  # the stand-in predictor has no SAM model for the real generator
     assert "SAM model" in errors[-1] and w.idle
     w.everything.generator_factory = lambda p, s: StandInGenerator(fail=ValueError("image too odd"))
@@ -228,7 +228,7 @@ def test_screenshot_of_segment_everything(make_napari_viewer, qtbot, tmp_path):
     viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
     viewer.window._qt_window.resize(1500, 1000)
     w.set_predictor(StandInPredictor(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     w.everything.generator_factory = lambda p, s: StandInGenerator(min_area=20)
     run_and_wait(qtbot, w)
     assert w.layers[L.LABELS].data.max() >= 10

@@ -49,7 +49,7 @@ def setup(make_napari_viewer, qtbot, monkeypatch, tmp_path):
         viewer.add_image(default_image if image is None else image, name="img")
         w = SegmentAnythingWidget(viewer)
         w.set_predictor(tiny_predictor(), "tiny")
-        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
         w.layers[L.LABELS].data = default_labels if labels is None else labels
         return viewer, w
 
@@ -90,7 +90,7 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     assert w.model_panel.choice().checkpoint == str(out)  # the model box says which weights are in use
     assert "left" in panel.progress_bar.format()  # an estimate of the time left was shown
     # the image is embedded again with the new weights, ready for clicks
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     assert "ready" in w.status.text().lower()
 
 

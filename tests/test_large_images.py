@@ -58,7 +58,7 @@ def _widget(make_napari_viewer, qtbot, image, predictor, **layer_kwargs):
     w = SegmentAnythingWidget(viewer)
     w.use_cache.setChecked(False)
     w.set_predictor(predictor, "test")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     return viewer, w
 
 
@@ -69,7 +69,7 @@ def _click(w, qtbot, row, col, label=1):
     points.feature_defaults["label"] = label
     points.add(np.array([row, col], dtype=float))
     points.feature_defaults["label"] = 1
-    qtbot.waitUntil(lambda: w.idle and not w._decode_pending, timeout=60000)
+    qtbot.waitUntil(lambda: w.settled, timeout=60000)
 
 
 @pytest.mark.gui
@@ -120,7 +120,7 @@ def test_widget_normal_planes_still_embed_whole(make_napari_viewer, qtbot):
     assert isinstance(w.segmenter, ObjectSegmenter) and predictor.shapes == [(1000, 1000)]
     viewer.add_image(large_image(), name="bigger")
     w.image_panel.image_box.setCurrentText("bigger")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["bigger"]), timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["bigger"]), timeout=20000)
     assert not isinstance(w.segmenter, ObjectSegmenter)
     w.image_panel.image_box.setCurrentText("big")  # and back: the whole-plane segmenter again
     qtbot.waitUntil(lambda: w.idle and isinstance(w.segmenter, ObjectSegmenter), timeout=20000)
@@ -236,7 +236,7 @@ def test_everything_panel_large_plane_cancel_and_stacks(make_napari_viewer, qtbo
     stack = np.broadcast_to(large_image(1100)[None], (3, 1100, 1100))
     viewer.add_image(stack, name="stack")
     w.image_panel.image_box.setCurrentText("stack")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["stack"]), timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["stack"]), timeout=20000)
     w.everything.scope_box.setCurrentIndex(1)
     w.everything.run()
     assert errors and "tile by tile" in errors[0] and "current plane" in errors[0]

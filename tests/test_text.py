@@ -791,7 +791,7 @@ def text_widget(make_napari_viewer, qtbot, tokenizer):
         viewer.add_image(data, name="img", rgb=True)
         w = SegmentAnythingWidget(viewer)
         w.set_predictor(StandInPredictor(), "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
         generator = ComponentGenerator()
         w.text.generator_factory = lambda predictor, settings: generator
         w.text.scorer_factory = scorer_factory or (lambda predictor, report: ClipScorer(ColourClip(tokenizer)))
@@ -816,7 +816,7 @@ def test_panel_finds_previews_commits_and_tracks(text_widget, qtbot):
     stack = np.stack([image, image])  # (T, Y, X, 3): the matches can also start tracking
     viewer, w, generator = text_widget(stack)
     viewer.dims.set_current_step(0, 1)
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[1] == (1,), timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[1] == (1,), timeout=5000)
     labels, preview = w.layers[L.LABELS], w.layers[L.PREVIEW]
     labels.data[1, 0:3, 0:3] = 4  # an earlier object: new ids go above it
     find(qtbot, w, "red", threshold=0.5)
@@ -874,7 +874,7 @@ def test_panel_on_a_large_plane_goes_tile_by_tile(make_napari_viewer, qtbot, tok
     w = SegmentAnythingWidget(viewer)
     w.use_cache.setChecked(False)
     w.set_predictor(Sized(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     tiles = []
     w.text.generator_factory = lambda predictor, settings: TileComponents(tiles)
     w.text.scorer_factory = lambda predictor, report: ClipScorer(ColourClip(tokenizer))

@@ -37,7 +37,7 @@ def widget(make_napari_viewer, qtbot):
         viewer.add_image(frames, name=name, **layer_kwargs)
         w = SegmentAnythingWidget(viewer)
         w.set_predictor(predictor, "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
         assert w.track.prepare()
         return viewer, w
 
@@ -97,7 +97,7 @@ def test_propagate_both_ways_matches_ground_truth(widget, scene, qtbot):
     panel_results = lambda result: seen.append(result.frame)  # noqa: E731
     panel.run()
     assert not w.idle and panel.cancel_button.isEnabled()
-    w._worker.yielded.connect(panel_results)
+    w.current_job.yielded.connect(panel_results)
     wait_done(qtbot, w)
     assert len(seen) >= 50  # frames arrived one by one
     labels = panel.layers[T.TRACKS].data
@@ -109,7 +109,7 @@ def test_propagate_both_ways_matches_ground_truth(widget, scene, qtbot):
     assert set(np.unique(tracks.data[:, 0])) == {1, 2, 3}
     assert tracks.data[:, 1].min() == 0 and tracks.data[:, 1].max() == 59
     # the predictor holds other frames now: the shown one is embedded again
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
 
 
 def test_corrected_frame_is_a_key_frame_and_kept(widget, scene, qtbot):
@@ -191,7 +191,7 @@ def test_key_frames_are_never_painted_even_mid_run(widget, scene, qtbot):
     segmenter.images, segmenter.after = 0, 12
     seen = []
     panel.run()
-    w._worker.yielded.connect(lambda r: seen.append(np.array_equal(labels_layer.data[20], corrected)))
+    w.current_job.yielded.connect(lambda r: seen.append(np.array_equal(labels_layer.data[20], corrected)))
     qtbot.waitUntil(lambda: segmenter.images >= 12, timeout=10000)
     # mid-run, the user paints object 7 on frame 27, not reached yet: a key frame too
     labels_layer.selected_label = 7
@@ -617,7 +617,7 @@ def test_real_model_end_to_end(widget, scene, qtbot):
     labels = panel.layers[T.TRACKS].data
     assert labels.shape == (60, 128, 128) and labels[0].any()
     assert set(np.unique(labels[:4])) <= {0, 1, 2} and not labels[4:].any()
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
 
 
 def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
@@ -638,7 +638,7 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
     viewer.window._qt_window.resize(1500, 1000)
     w.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
     assert w.track.prepare()
     prompt_scene(w, scene, 30)
     w.tabs.setCurrentWidget(w.track)
@@ -738,7 +738,7 @@ def test_opening_the_track_tab_makes_its_layers_ready_for_clicks(make_napari_vie
     viewer.add_image(scene[:], name="video")
     w = SegmentAnythingWidget(viewer)
     w.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
     assert T.PROMPTS not in viewer.layers
     w.tabs.setCurrentWidget(w.track)  # the user opens the tab
     points = viewer.layers[T.PROMPTS]

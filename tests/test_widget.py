@@ -29,7 +29,7 @@ def widget(make_napari_viewer, qtbot):
         viewer.add_image(blobs_image() if image is None else image, name="img", **layer_kwargs)
         w = SegmentAnythingWidget(viewer)
         w.set_predictor(StandInPredictor(), "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
         return viewer, w
 
     return make
@@ -48,7 +48,7 @@ def tiny_model_with_weights_id():
 
 
 def wait(qtbot, w):
-    qtbot.waitUntil(lambda: w.idle and not w._decode_pending, timeout=5000)
+    qtbot.waitUntil(lambda: w.settled, timeout=5000)
 
 
 def add_point(w, row, col, label=1, plane=()):
@@ -136,10 +136,10 @@ def test_stack_embeds_only_the_shown_plane(widget, qtbot):
     stack = np.stack([blobs_image(), np.roll(blobs_image(), 15, axis=1), blobs_image()])
     viewer, w = widget(stack)
     assert w.predictor.set_image_calls == 1
-    start = w._embedded[1]
+    start = w.embedded[1]
     for calls, plane in enumerate([0, 1], start=2):
         viewer.dims.set_current_step(0, plane)
-        qtbot.waitUntil(lambda: w.idle and w._embedded[1] == (plane,), timeout=5000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded[1] == (plane,), timeout=5000)
         assert w.predictor.set_image_calls == calls - (start == (0,) and plane == 0)
     calls = w.predictor.set_image_calls
     add_point(w, 20, 30, plane=(1,))
@@ -165,9 +165,9 @@ def test_scaled_and_translated_layer(widget, qtbot):
 
 def test_sixteen_bit_uses_contrast_limits(widget, qtbot):
     viewer, w = widget()
-    assert "contrast_limits" in w._normalization(viewer.layers["img"])
+    assert "contrast_limits" in w.normalization(viewer.layers["img"])
     w.image_panel.norm_box.setCurrentText("percentiles")
-    assert "percentiles" in w._normalization(viewer.layers["img"])
+    assert "percentiles" in w.normalization(viewer.layers["img"])
 
 
 def test_no_image_and_removed_image(make_napari_viewer, qtbot):
@@ -179,7 +179,7 @@ def test_no_image_and_removed_image(make_napari_viewer, qtbot):
     w.commit()  # nothing to commit: a notification, no exception
     assert w.layers == {}
     viewer.add_image(blobs_image(), name="img")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     add_point(w, 20, 20)
     viewer.layers.remove("img")  # closed while work may be running
     qtbot.waitUntil(lambda: w.idle, timeout=5000)
@@ -225,7 +225,7 @@ def test_embedding_cache_hit_on_reopen(widget, qtbot, tmp_path):
     assert len(calls) == 1 and len(cache) == 1
     first = predictor.get_image_embedding().clone()
     w.set_predictor(predictor, "tiny", cache=cache)  # as if the image were reopened
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     assert len(calls) == 1  # served from the cache
     assert predictor.get_image_embedding().equal(first)
 
@@ -250,7 +250,7 @@ def test_screenshot_of_docked_widget(make_napari_viewer, qtbot, tmp_path):
     viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
     viewer.window._qt_window.resize(1500, 850)
     w.set_predictor(StandInPredictor(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     ids = [i for i in np.unique(truth) if i][5:8]
     for i in ids:
         rows, cols = np.nonzero(truth == i)
@@ -282,13 +282,13 @@ def test_embed_all_slices_then_browse_without_recomputing(widget, qtbot, tmp_pat
     predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     cache = EmbeddingCache(tmp_path)
     w.set_predictor(predictor, "tiny", cache=cache)
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     w.embed_all_slices()
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
     assert len(cache) == 4 and len(calls) == 4  # the shown plane was cached already
     for plane in range(4):
         viewer.dims.set_current_step(0, plane)
-        qtbot.waitUntil(lambda: w.idle and w._embedded[1] == (plane,), timeout=20000)
+        qtbot.waitUntil(lambda: w.idle and w.embedded[1] == (plane,), timeout=20000)
     assert len(calls) == 4  # browsing the stack loads every plane from the cache
 
 
@@ -300,7 +300,7 @@ def test_embed_all_slices_can_be_cancelled(widget, qtbot, tmp_path):
     viewer, w = widget(stack)
     cache = EmbeddingCache(tmp_path)
     w.set_predictor(SamPredictor(model), "tiny", cache=cache)
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     w.embed_all_slices()
     qtbot.waitUntil(lambda: len(cache) >= 2, timeout=60000)
     w.cancel()
@@ -318,7 +318,7 @@ def test_embed_all_slices_cancelled_inside_an_encoding(widget, qtbot, tmp_path):
     stack = np.stack([np.roll(blobs_image(), 3 * i, axis=1) for i in range(5)])
     viewer, w = widget(stack)
     w.set_predictor(SamPredictor(model), "tiny", cache=EmbeddingCache(tmp_path))
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
     inside, release = threading.Event(), threading.Event()
 
     def slow_block(*args):
@@ -358,7 +358,7 @@ def test_model_loads_in_a_worker_and_errors_become_notifications(make_napari_vie
     assert "/some/where" in w.status.text()
     monkeypatch.setattr(widget_module, "load_predictor", lambda *a: StandInPredictor())
     w.load_model()
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     assert isinstance(w.predictor, StandInPredictor)
 
 
@@ -382,7 +382,7 @@ def test_rgba_time_series(widget, qtbot):
     viewer, w = widget(movie)
     assert viewer.layers["img"].rgb
     viewer.dims.set_current_step(0, 2)
-    qtbot.waitUntil(lambda: w.idle and w._embedded[1] == (2,), timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded[1] == (2,), timeout=5000)
     add_point(w, 15, 30, plane=(2,))
     wait(qtbot, w)
     w.commit()
@@ -401,8 +401,8 @@ def test_multichannel_layers_combined(widget, qtbot):
     items = [w.image_panel.channel_list.item(i).text() for i in range(w.image_panel.channel_list.count())]
     assert items == ["membrane"]
     w.image_panel.set_channel_layers(["membrane"])
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and len(w._embedded[3]) == 1, timeout=5000)
-    assert w._normalization(viewer.layers["img"])["channels"] == [0, 1]
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and len(w.embedded[3]) == 1, timeout=5000)
+    assert w.normalization(viewer.layers["img"])["channels"] == [0, 1]
     add_point(w, 60, 20)  # dark in the first channel, bright in the second
     wait(qtbot, w)
     assert w.layers[L.PREVIEW].data[60, 20] == 1
@@ -430,7 +430,7 @@ def test_load_local_checkpoint_file_through_the_ui(make_napari_viewer, qtbot, tm
     fast = bfloat16_is_fast(torch.device("cpu"))
     w.model_panel.dtype_box.setCurrentText("bfloat16" if fast else "float32")
     w.load_model()
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=180000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=180000)
     assert isinstance(w.predictor, SamPredictor)
     assert w.predictor.model.weights_id.startswith("vit_b-file-")
     assert w.predictor.model.encoder_dtype == (torch.bfloat16 if fast else torch.float32)
@@ -463,11 +463,11 @@ def test_cancel_a_running_embedding(widget, qtbot):
     release.set()
     qtbot.waitUntil(lambda: w.idle, timeout=10000)
     hook.remove()
-    assert "cancelled" in w.status.text() and w._embedded is None and not predictor.is_image_set
+    assert "cancelled" in w.status.text() and w.embedded is None and not predictor.is_image_set
     qtbot.wait(300)
-    assert w.idle and w._embedded is None  # not restarted by itself
+    assert w.idle and w.embedded is None  # not restarted by itself
     add_point(w, 20, 20)  # a prompt asks for the embedding again
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and not w._decode_pending, timeout=20000)
+    qtbot.waitUntil(lambda: w.settled and w.embedded is not None, timeout=20000)
     assert predictor.is_image_set and w.segmenter.candidates is not None
 
 
@@ -477,7 +477,7 @@ def test_shift_click_adds_one_background_point(widget, qtbot):
     viewer, w = widget()
     points = w.layers[L.POINTS]
     press = SimpleNamespace(modifiers=["Shift"], type="mouse_press")
-    next(w._on_points_press(points, press))  # napari runs our callback first, then adds
+    next(points.mouse_drag_callbacks[0](points, press))  # napari runs the layer's callbacks, then adds
     points.add(np.array([60.0, 70.0]))
     qtbot.wait(50)  # the next click is a later event
     points.add(np.array([20.0, 20.0]))  # a plain click afterwards is an object point again
@@ -500,12 +500,12 @@ def test_large_images_are_tiled_not_refused(make_napari_viewer, qtbot, monkeypat
     w = SegmentAnythingWidget(viewer)
     predictor = StandInPredictor()
     w.set_predictor(predictor)
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=10000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
     assert isinstance(w.segmenter, TiledObjectSegmenter) and predictor.set_image_calls == 0
     viewer.layers.clear()
     viewer.add_image(np.zeros((5000, 300), np.uint8), name="tall")  # > 4 x 1024 px: tiled too
     w.image_panel.image_box.setCurrentText("tall")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["tall"]), timeout=10000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["tall"]), timeout=10000)
     assert isinstance(w.segmenter, TiledObjectSegmenter) and predictor.set_image_calls == 0
     assert not errors and not warnings_
 
@@ -524,7 +524,7 @@ def test_a_blank_plane_is_refused_with_a_warning(make_napari_viewer, qtbot, monk
     w = SegmentAnythingWidget(viewer)
     predictor = StandInPredictor()
     w.set_predictor(predictor, "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None, timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
     assert len(warnings_) == 1 and "is blank (every pixel is 0)" in warnings_[0]
     add_point(w, 20, 20, plane=(0,))
     wait(qtbot, w)
@@ -580,7 +580,7 @@ def test_the_shown_widget_loads_the_default_model_and_uses_an_early_click(
     add_point(w, 20, 20)  # clicked while the model loads
     qtbot.waitUntil(lambda: w.predictor is not None, timeout=30000)
     assert "ready" in w.status.text() or "Embedding" in w.status.text() or "mask" in w.status.text()
-    qtbot.waitUntil(lambda: w.idle and not w._decode_pending and w.layers[L.PREVIEW].data.any(), timeout=30000)
+    qtbot.waitUntil(lambda: w.settled and w.layers[L.PREVIEW].data.any(), timeout=30000)
     assert w.layers[L.PREVIEW].data[20, 20] == 1  # the early click was segmented, not dropped
 
 
@@ -596,7 +596,7 @@ def test_each_image_keeps_its_own_layers(widget, qtbot):
     assert mine[L.LABELS].data[20, 20] == 1
     viewer.add_image(blobs_image((60, 90)), name="second")  # opened later: on top of everything
     w.image_panel.image_box.setCurrentText("second")  # the user picks it in the widget
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(viewer.layers["second"]),
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["second"]),
                     timeout=5000)
     theirs = dict(w.layers)
     assert all(theirs[k] is not mine[k] for k in mine) and theirs[L.LABELS].data.shape == (60, 90)
@@ -605,8 +605,16 @@ def test_each_image_keeps_its_own_layers(widget, qtbot):
     assert order.index("SAM points [second]") > order.index("second")  # clicks are visible
     assert w.finetune.labels_box.currentText() == theirs[L.LABELS].name  # the panels follow the image
     w.image_panel.image_box.setCurrentText("img")  # and back
-    qtbot.waitUntil(lambda: w.idle and w._embedded is not None and w._embedded[0] == id(first), timeout=5000)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(first), timeout=5000)
     assert all(w.layers[k] is mine[k] for k in mine)  # found again, objects included
     assert w.layers[L.LABELS].data[20, 20] == 1
     assert w.finetune.labels_box.currentText() == L.LABELS
     assert len(viewer.layers) == 2 + 8  # two images, four SAM layers each: nothing was made twice
+
+
+def test_ready_is_signalled_when_the_shown_plane_is_embedded(widget, qtbot):
+    stack = np.stack([blobs_image(), blobs_image()])
+    viewer, w = widget(stack)
+    with qtbot.waitSignal(w.ready, timeout=5000) as ready:
+        viewer.dims.current_step = (1, 0, 0)
+    assert ready.args[0][1] == (1,) and w.embedded == ready.args[0]
