@@ -11,7 +11,13 @@ high-resolution features, object-score head, stability-based multimask),
 :mod:`.memory_encoder` (mask downsampler and fuser), :mod:`.memory_attention` and
 :mod:`.rope` (memory attention with axial rotary position encoding).
 
-Not there yet: SAM2Base (the tracking step that ties these together: object
-pointers, temporal encodings, occlusion), the checkpoint registry entries, the
-image and video predictors.
+The model that ties them together: :mod:`.sam2_base` (``Sam2Model``, Meta's
+``SAM2Base``: image features, SAM heads with object pointers and the occlusion
+score, memory-conditioned features, new memories, ``track_step``),
+:mod:`.sam2_memory` (which past frames and pointers fill the memory, temporal
+encodings) and :mod:`.sam2_config` (its settings, the four SAM 2.1 sizes):
+``build_sam2_model("tiny" | "small" | "base_plus" | "large")``.
+
+Not there yet: the checkpoint registry entries and the image and video
+predictors (``SAM2ImagePredictor``, ``build_sam2_video_predictor``).
 """
