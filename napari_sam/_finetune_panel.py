@@ -88,6 +88,7 @@ def finetune(model, images: np.ndarray, labels: np.ndarray, settings: FinetuneSe
     Returns ``output``, or None when stopped (nothing is written then: a half-trained
     model never replaces anything).
     """
+    from src_core.jobs import Cancelled
     from src_core.train.data import ArrayPairs
     from src_core.train.trainer import TrainConfig, Trainer, save_model
 
@@ -100,11 +101,12 @@ def finetune(model, images: np.ndarray, labels: np.ndarray, settings: FinetuneSe
         checkpoint_every=10**9,  # saved once, at the end, below
     )
     trainer = Trainer(trainee, source, config)
-    for record in trainer.run():
-        if report is not None:
-            report(int(record["step"]), config.steps, float(record["loss"]))
-        if should_stop is not None and should_stop():
-            return None
+    try:
+        for record in trainer.run(should_stop):
+            if report is not None:
+                report(int(record["step"]), config.steps, float(record["loss"]))
+    except Cancelled:
+        return None
     output.parent.mkdir(parents=True, exist_ok=True)
     save_model(trainee, output)
     return output

@@ -73,7 +73,7 @@ class TrackOutcome:
     message: str = ""
 
 
-def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
+def run_propagation(results, writer: TrackingWriter, keep=None):
     """Consume the engine's generator, write each result, yield it (runs in a worker; no Qt).
 
     Frames for which ``keep(frame)`` is true (key frames) are not written. Returns a
@@ -89,9 +89,7 @@ def run_propagation(results, writer: TrackingWriter, should_stop, keep=None):
                 writer.write(result)  # paints the labels array: the next frames read it as context
             done += 1
             yield result
-            if should_stop():
-                return TrackOutcome("cancelled", done)
-    except Cancelled:
+    except Cancelled:  # the engine asks should_stop before every frame (given to propagate)
         return TrackOutcome("cancelled", done)
     except PropagationError as err:
         return TrackOutcome("stopped", done, str(err))
@@ -420,7 +418,7 @@ class TrackPanel(QWidget):
             if not prompts:
                 raise ValueError("no object is prompted: click on an object or draw a box in "
                                  f"'{T.PROMPTS}'/'{T.BOXES}', or paint it in '{T.TRACKS}'")
-            common = dict(start=start, stop=stop, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
+            common = dict(start=start, stop=stop, should_stop=self._stop.is_set, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
                           key_frames=keys, **settings)
             if along_z:
                 results = propagate_volume(frames, host.predictor, prompts, labels=tracks, **common)
@@ -436,7 +434,7 @@ class TrackPanel(QWidget):
         self.writer, self._run_axis, self._done = TrackingWriter(tracks), along, 0
         self._stop.clear()
         keep = lambda frame: along.plane(frame) in self._key_planes  # noqa: E731 (read live: painted mid-run too)
-        worker = thread_worker(run_propagation, ignore_errors=True)(results, self.writer, self._stop.is_set, keep)
+        worker = thread_worker(run_propagation, ignore_errors=True)(results, self.writer, keep)
         worker.yielded.connect(self._on_result)
         worker.returned.connect(self._on_outcome)
         worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", self._done)))

@@ -53,6 +53,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .automatic.settings import GeneratorSettings
+from .jobs import Cancelled, ShouldStop, check_stop
 from .batch_inputs import ImageItem, VideoReaders, _one_line, list_images, read_image
 
 __all__ = [
@@ -62,7 +63,8 @@ __all__ = [
 ]
 
 PLUGIN_NAME = "napari-sam-models"
-Progress = Callable[["ImageResult", int, int], None]
+#: ``progress(result, finished, total)`` after every image (the per-item form of :data:`src_core.jobs.Progress`)
+ImageProgress = Callable[["ImageResult", int, int], None]
 
 
 # --------------------------------------------------------------------------
@@ -357,8 +359,9 @@ def run_batch(
     workers: int = 2,
     overwrite: bool = False,
     connect_timeout: float = 10.0,
-    progress: Progress | None = None,
+    progress: ImageProgress | None = None,
     models: ModelCache | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> BatchSummary:
     """Label every image of ``source`` into ``out_dir`` (see the module docstring).
 
@@ -384,6 +387,10 @@ def run_batch(
         ``progress(result, finished, total)`` after every image (skipped ones first).
     models : ModelCache, optional
         Cache for the local threads (e.g. to reuse a loaded model between calls).
+    should_stop : callable, optional
+        Asked after every image; True stops the batch with
+        :class:`~src_core.jobs.Cancelled` (images done are kept, and skipped when the
+        batch runs again).
 
     Returns
     -------
@@ -411,6 +418,7 @@ def run_batch(
         state["finished"] += 1
         if progress is not None:
             progress(result, state["finished"], len(items))
+        check_stop(should_stop, "batch labeling")
 
     todo = []
     for item in items:
@@ -498,7 +506,11 @@ def _run_distributed(todo: list[ImageItem], job: LabelJob, address: str, timeout
             except Exception as exc:  # e.g. the worker died (KilledWorker)
                 result = ImageResult(item_of[future.key].key, "failed",
                                      f"the task failed on the cluster: {_one_line(exc)}")
-            report(result)
+            try:
+                report(result)
+            except Cancelled:
+                client.cancel(futures)
+                raise
             if result.fatal:
                 client.cancel(futures)
                 raise RuntimeError(f"batch stopped: {result.reason}")

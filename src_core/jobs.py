@@ -1,13 +1,14 @@
 """The one idiom for long work in the engine: a progress callback, a stop check, one :class:`Cancelled`.
 
-Long work (embedding, segment everything, text search, tiled work) takes
-``progress(done, total)`` and ``should_stop()`` callbacks; when ``should_stop``
-answers True it raises :class:`Cancelled` at the next safe point (between encoder
-blocks, point batches, tiles, crops), keeping nothing half-written. Work that
-yields results as it goes (tracking, training, batch labeling) is a generator or
-takes a per-item callback: stopping is not asking for the next item, and what
-was yielded is kept. The plugin runs either in a napari worker and catches
-:class:`Cancelled` alone.
+Long work takes ``progress(done, total)`` (or a per-item form of it) and
+``should_stop()`` callbacks; when ``should_stop`` answers True it raises
+:class:`Cancelled` at the next safe point, keeping nothing half-written:
+embedding (between encoder blocks), segment everything (point batches, tiles),
+the text search (batches of crops), tracking (before every frame; what was
+yielded stays valid), training (before every step) and batch labeling (after
+every image; images done are kept). Work that yields results as it goes
+(tracking, training) is a generator that also takes ``should_stop``. The plugin
+runs it in a napari worker and catches :class:`Cancelled` alone.
 """
 
 from __future__ import annotations

@@ -407,3 +407,20 @@ def test_scheduler_without_workers(capsys, checkpoint, folder, tmp_path):
                              empty.scheduler_address, "--connect-timeout", "0.5")
     assert_user_error(code, err, "has no workers", "dask worker")
     assert not (tmp_path / "out").exists()
+
+
+def test_should_stop_cancels_between_images_and_keeps_what_is_done(checkpoint, folder, tmp_path):
+    from src_core.jobs import Cancelled
+
+    out = tmp_path / "out"
+    spec = batch.ModelSpec("auto", str(checkpoint), "cpu", "float32")
+    settings = batch.GeneratorSettings(points_per_side=4)
+    finished = []
+    with pytest.raises(Cancelled, match="batch labeling was cancelled"):
+        batch.run_batch(folder, out, spec, settings, workers=1,
+                        progress=lambda result, done, total: finished.append(result.key),
+                        should_stop=lambda: len(finished) >= 1)
+    done = [key for key in "abc" if batch.outputs_complete(out, key)]
+    assert 1 <= len(done) < 3  # stopped after an image, which is kept
+    summary = batch.run_batch(folder, out, spec, settings, workers=1)
+    assert sorted(r.key for r in summary.skipped) == done  # and skipped when the batch runs again

@@ -397,6 +397,19 @@ def test_tracks_graph_for_divisions(cells):
     assert set(np.unique(data[:, 0]).astype(int)) == {1, 2, 3, 4, 5, 6, 7}
 
 
+def test_should_stop_cancels_between_frames_and_keeps_what_was_yielded():
+    from src_core.jobs import Cancelled
+
+    scene = make_scene("crossing")
+    seen = []
+    run = propagate(scene, StandInSegmenter(scene.labels_for_image), scene.prompts(0),
+                    should_stop=lambda: len(seen) >= 4)
+    with pytest.raises(Cancelled, match="tracking was cancelled"):
+        for result in run:
+            seen.append(result.frame)
+    assert seen == [0, 1, 2, 3]
+
+
 def test_label_store_grows_with_frames_widens_and_converts(tmp_path):
     import zarr
 

@@ -534,6 +534,18 @@ def test_frozen_encoder_is_not_trained():
     torch.testing.assert_close(model.image_encoder.blocks[0].attn.qkv.weight, before)
 
 
+def test_should_stop_cancels_between_steps():
+    from src_core.jobs import Cancelled
+
+    model = small_model()
+    trainer = Trainer(model, ArrayPairs(*nuclei_pair()), TrainConfig(steps=5, batch_size=1, masks_per_image=2, warmup=1))
+    steps = []
+    with pytest.raises(Cancelled, match="training was cancelled"):
+        for record in trainer.run(should_stop=lambda: len(steps) >= 2):
+            steps.append(record["step"])
+    assert len(steps) == 2 and trainer.step == 2 and not model.training  # back in eval mode
+
+
 # -- evaluation --------------------------------------------------------------------------
 
 

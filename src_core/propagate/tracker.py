@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..jobs import ShouldStop, check_stop
 from ..protocols import Predictor
 from .frames import FrameReader, FrameReadError
 from .masks import components, interior_point, mask_iou, mask_stats
@@ -80,12 +81,13 @@ def propagate(
     set_image_kwargs: Mapping[str, Any] | None = None,
     what: str = "frame",
     key_frames: Iterable[int] = (),
+    should_stop: ShouldStop | None = None,
 ) -> Iterator[FrameResult]:
     """Propagate prompted objects over frames; a generator of per-frame results.
 
     Arguments are checked when this is called (ValueError); frames are read
     only as the generator is consumed, so a GUI can show each result as it
-    comes and cancel by no longer asking for the next one.
+    comes; ``should_stop`` cancels it between frames.
 
     Parameters
     ----------
@@ -135,6 +137,9 @@ def propagate(
         object on them): an object tracked into such a frame that is not
         prompted there is not on it. It is reported lost there (the user erased
         it) and searched for on the next frames like any lost object.
+    should_stop : callable, optional
+        Asked before every frame; True stops with :class:`~src_core.jobs.Cancelled`
+        (the engine's one idiom for long work, :mod:`src_core.jobs`).
 
     Yields
     ------
@@ -145,6 +150,10 @@ def propagate(
     ------
     ValueError
         Bad frames, prompts or options (raised by this call, before any work).
+    Cancelled
+        ``should_stop()`` answered True (asked before every frame; an embedding in
+        progress stops through the predictor's ``cancel``); everything yielded
+        before stays valid.
     PropagationError
         A frame could not be read; everything yielded before stays valid.
         Resume with ``start``/``stop`` at the last frame done and
@@ -175,7 +184,7 @@ def propagate(
     run = _Run(
         reader, segmenter, inside, get_recipe(recipe), qc or QualityControl(), search_frames, divisions,
         context_labels, first_new_id, cache, model_id, dict(set_image_kwargs or {}),
-        {int(t) for t in key_frames}, what,
+        {int(t) for t in key_frames}, what, should_stop,
     )
     return run.results(direction, start, stop)
 
@@ -211,12 +220,12 @@ class _Run:
 
     def __init__(self, reader, segmenter, prompts, recipe, qc, search_frames, divisions,
                  context_labels, first_new_id, cache, model_id, set_image_kwargs,
-                 key_frames=frozenset(), what="frame") -> None:
+                 key_frames=frozenset(), what="frame", should_stop=None) -> None:
         self.reader, self.segmenter, self.prompts = reader, segmenter, prompts
         self.recipe, self.qc, self.search_frames, self.divisions = recipe, qc, search_frames, divisions
         self.context_labels, self.cache, self.model_id = context_labels, cache, model_id
         self.set_image_kwargs = set_image_kwargs
-        self.key_frames, self.what = key_frames, what
+        self.key_frames, self.what, self.should_stop = key_frames, what, should_stop
         self.shape = reader.image_shape
         self.grid = logit_grid(segmenter)
         self.threshold = mask_threshold(segmenter)
@@ -250,6 +259,7 @@ class _Run:
             last_done = None
             for t in plan.frames:
                 step += 1
+                check_stop(self.should_stop, "tracking")
                 try:
                     frame = self._process(t, plan)
                 except FrameReadError as err:

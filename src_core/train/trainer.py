@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..jobs import ShouldStop, check_stop
 from ..model.sam import Sam
 from .data import TrainingSample, prepare_sample
 from .simulate import (
@@ -216,13 +217,16 @@ class Trainer:
                 progress(record["step"], self.config.steps, record["loss"])
         return losses
 
-    def run(self) -> Iterator[dict[str, float]]:
+    def run(self, should_stop: ShouldStop | None = None) -> Iterator[dict[str, float]]:
         """Yield ``{"step", "loss", "lr", "iou"}`` after every step; saves every
-        ``checkpoint_every`` steps and at the end."""
+        ``checkpoint_every`` steps and at the end. ``should_stop`` is asked before
+        every step: True stops with :class:`~src_core.jobs.Cancelled` (the steps done
+        stay in the model; nothing more is saved)."""
         self.model.train()
         batches = self._step_batches() if self.config.data_workers is not None else None
         try:
             while self.step < self.config.steps:
+                check_stop(should_stop, "training")
                 record = self.train_step(next(batches) if batches is not None else None)
                 self.step += 1
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
