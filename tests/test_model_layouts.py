@@ -7,11 +7,9 @@ import torch
 
 from src_core.model.build import MODEL_CONFIGS, build_sam_from_config, infer_model_type, load_weights
 
-segment_anything = pytest.importorskip("segment_anything")
-from segment_anything import sam_model_registry as ref_registry  # noqa: E402
-
-
 def _meta_state_dict(model_type):
+    """Meta's model's state dict (shapes only); skips the test without Meta's package."""
+    ref_registry = pytest.importorskip("segment_anything").sam_model_registry
     with torch.device("meta"):
         return ref_registry[model_type]().state_dict()
 
