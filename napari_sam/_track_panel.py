@@ -98,9 +98,8 @@ def run_propagation(results, writer: TrackingWriter, keep=None):
     return TrackOutcome("done", done)
 
 
-NOT_A_STACK = "Track follows objects through a video or a stack: choose one in 'image' (File > Open a video)."
-NEXT_STEP = ("Click on an object on any frame: it becomes object 1. Press 'New object' (O) before "
-             "clicking the next one, or draw boxes. Then choose the frames and press Propagate.")
+NOT_A_STACK = "Track needs a video or a stack: choose one in 'image'."
+NEXT_STEP = "Click on an object on any frame (object 1), New object (O) for the next, then Propagate."
 
 
 class TrackPanel(QWidget):
@@ -134,6 +133,8 @@ class TrackPanel(QWidget):
         form = QFormLayout(box)
         self.hint_label = QLabel(NOT_A_STACK)
         self.hint_label.setWordWrap(True)
+        # two lines, kept when the dock is short (a wrapped label has no fixed height of its own)
+        self.hint_label.setMinimumHeight(2 * self.hint_label.fontMetrics().lineSpacing() + 4)
         form.addRow(self.hint_label)
         self.object_box = QSpinBox()
         self.object_box.setRange(1, 2**31 - 1)

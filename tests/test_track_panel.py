@@ -744,7 +744,7 @@ def test_opening_the_track_tab_makes_its_layers_ready_for_clicks(make_napari_vie
     points = viewer.layers[T.PROMPTS]
     assert viewer.layers.selection.active is points and points.mode == "add"
     assert (w.track.first_box.value(), w.track.last_box.value()) == (0, len(scene) - 1)
-    assert "Click on an object" in w.track.hint_label.text()
+    assert "Click on an object" in w.track.hint_label.text() and "Propagate" in w.track.hint_label.text()
     points.add(np.array([[5, 40.0, 40.0]]))  # a click lands on the track prompts, object 1
     assert list(points.features["obj_id"]) == [1] and not w.layers["SAM points"].data.size
 
