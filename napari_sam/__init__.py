@@ -21,8 +21,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 # Names served by src_core, imported on first use.
 _ENGINE_EXPORTS = (
     "CHECKPOINTS",
+    "SAM2ImagePredictor",
+    "SAM2_CHECKPOINTS",
     "SamPredictor",
     "build_sam",
+    "build_sam2",
     "download_checkpoint",
     "load_state_dict",
     "sam_model_registry",

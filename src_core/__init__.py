@@ -29,6 +29,9 @@ _EXPORTS = {
     "ObjectSegmenter": "src_core.interactive",
     "SamAutomaticMaskGenerator": "src_core.automatic",
     "masks_to_label_image": "src_core.automatic",
+    "build_sam2": "src_core.model.sam2.build",
+    "SAM2ImagePredictor": "src_core.sam2_predictor",
+    "SAM2_CHECKPOINTS": "src_core.checkpoints",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,8 +4,10 @@ Checkpoints are large (375 MB to 2.5 GB), so downloads stream into
 ``<name>.part`` next to their final place, resume with an HTTP ``Range``
 request when a previous attempt was cut off, and are verified (size and
 sha256; sha256 alone for a file whose size is not published, such as the
-CLIP weights of :mod:`src_core.text`) before being renamed into place. The
-cache therefore never holds a half-written file under a final name.
+CLIP weights of :mod:`src_core.text`; the server's length alone for the SAM 2.1
+files, whose publisher gives neither, and which ``build_sam2`` verifies by
+structure) before being renamed into place. The cache therefore never holds a
+half-written file under a final name.
 
 Loading uses ``torch.load(..., weights_only=True)``: a checkpoint is data, and
 must never be able to run code when opened.
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # torch is imported when weights are loaded, not before
 
 __all__ = [
     "CHECKPOINTS",
+    "SAM2_CHECKPOINTS",
     "CheckpointInfo",
     "EMBEDDED_MODEL",
     "cache_dir",
@@ -68,17 +71,22 @@ class CheckpointInfo:
         Exact size of the file in bytes; None when it is not published (the
         file is then verified by its sha256 alone, and the cache check of
         :func:`cached_checkpoint` is whether the file is there).
-    sha256 : str
-        Hex sha256 digest of the file.
+    sha256 : str or None
+        Hex sha256 digest of the file; None when the publisher gives none (the
+        file is then accepted by its size where known, and the model builder
+        verifies it by structure: its keys must load strictly).
     folder : str
         Subfolder of the cache root the file is kept in.
+    family : str
+        Model family the weights are for: ``"sam"`` (SAM 1) or ``"sam2"`` (SAM 2.1).
     """
 
     name: str
     url: str
     size: int | None
-    sha256: str
+    sha256: str | None
     folder: str = "checkpoints"
+    family: str = "sam"
 
     def __post_init__(self) -> None:
         if self.size is not None and (
@@ -88,11 +96,17 @@ class CheckpointInfo:
                 f"checkpoint {self.name!r}: size must be a positive number of "
                 f"bytes (or None when unknown), got {self.size!r}"
             )
-        digest = self.sha256.lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        digest = None if self.sha256 is None else str(self.sha256).lower()
+        if digest is not None and (
+            len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+        ):
             raise ValueError(
                 f"checkpoint {self.name!r}: sha256 must be 64 hex characters, "
                 f"got {self.sha256!r}"
+            )
+        if self.family not in ("sam", "sam2"):
+            raise ValueError(
+                f"checkpoint {self.name!r}: family must be 'sam' or 'sam2', got {self.family!r}"
             )
         if not self.filename:
             raise ValueError(
@@ -128,6 +142,30 @@ CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
             375042383,
             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
         ),
+    }
+)
+
+
+_SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+#: The official SAM 2.1 checkpoints (Meta, 2024-09-28), each ``{"model": state_dict}``.
+#: Kept apart from :data:`CHECKPOINTS`, which lists the SAM 1 model types that every
+#: SAM 1 code path (the CLI's ``--model``, the default model, the model panel) accepts;
+#: :func:`checkpoint_info` and the download and cache functions know both.
+#: Meta publishes neither the sizes nor checksums of these files (the README and
+#: ``checkpoints/download_ckpts.sh`` give only the URLs), so size and sha256 are None:
+#: a download is checked against the server's Content-Length, and the file is
+#: verified by structure when loaded (``build_sam2`` loads its keys strictly).
+SAM2_CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
+    {
+        f"sam2.1_hiera_{size}": CheckpointInfo(
+            f"sam2.1_hiera_{size}",
+            f"{_SAM2_BASE_URL}sam2.1_hiera_{size}.pt",
+            None,
+            None,
+            family="sam2",
+        )
+        for size in ("tiny", "small", "base_plus", "large")
     }
 )
 
@@ -174,7 +212,11 @@ def checkpoint_info(name_or_info: str | CheckpointInfo) -> CheckpointInfo:
     try:
         return CHECKPOINTS[name_or_info]
     except (KeyError, TypeError):
-        known = ", ".join(repr(k) for k in CHECKPOINTS)
+        pass
+    try:
+        return SAM2_CHECKPOINTS[name_or_info]
+    except (KeyError, TypeError):
+        known = ", ".join(repr(k) for k in (*CHECKPOINTS, *SAM2_CHECKPOINTS))
         raise ValueError(
             f"unknown SAM model type {name_or_info!r}; expected one of {known}"
         ) from None
@@ -312,11 +354,11 @@ def download_checkpoint(
     source = url if url is not None else info.url
     dest = checkpoint_path(info, cache)
     part = dest.with_name(dest.name + ".part")
-    expected = info.sha256.lower()
+    expected = info.sha256.lower() if info.sha256 is not None else None
 
     if dest.is_file():
         size_ok = info.size is None or dest.stat().st_size == info.size
-        if size_ok and sha256_file(dest) == expected:
+        if size_ok and (expected is None or sha256_file(dest) == expected):
             return dest
         dest.unlink()  # a corrupt file in our own cache: fetch it again
 
@@ -332,7 +374,10 @@ def download_checkpoint(
     if info.size is not None and offset > info.size:
         part.unlink()
         offset = 0
-    if offset and (offset == info.size or info.size is None):
+    if offset and expected is None and offset == info.size:
+        os.replace(part, dest)  # no published checksum: every byte is all we can check
+        return dest
+    if offset and expected is not None and (offset == info.size or info.size is None):
         # A previous run got every byte but stopped before the rename (with an
         # unknown size, a part whose sha256 matches is complete).
         if sha256_file(part) == expected:
@@ -428,7 +473,7 @@ def _fetch(
             "download again resumes where it stopped."
         )
     got = digest.hexdigest()
-    if got != info.sha256.lower():
+    if info.sha256 is not None and got != info.sha256.lower():
         part.unlink(missing_ok=True)
         raise RuntimeError(
             f"the file downloaded from {source} is corrupt: expected sha256 "

@@ -254,6 +254,11 @@ def test_models_lists_registry_and_cache(capsys, cache):
         assert " no " in line and str(cache / "checkpoints") in line
     assert "375 MB" in out and "2565 MB" in out
     assert str(cache) in out and "NAPARI_SAM_CACHE" in out
+    for size in ("tiny", "small", "base_plus", "large"):  # SAM 2.1: Meta publishes no size or checksum
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"sam2.1_hiera_{size} "))
+        assert "size not published" in line and " no " in line
+    code, _, err = run_cli(capsys, "download", "sam2.1_hiera_huge")
+    assert code == 2 and "sam2.1_hiera_tiny" in err  # the known names, SAM 2.1's included
 
 
 def test_models_shows_cached_files(capsys, cache, monkeypatch):

@@ -88,3 +88,52 @@ def test_to_pil_image_and_resize_use_pil_bilinear():
 def test_segment_anything_imports():
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor  # noqa: F401
     from segment_anything.utils.transforms import ResizeLongestSide  # noqa: F401
+
+
+def test_to_tensor_scales_uint8_only():
+    from torchvision.transforms import ToTensor
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    out = ToTensor()(rgb)
+    assert out.dtype == torch.float32 and out.shape == (3, 7, 9)
+    assert torch.equal(out, torch.from_numpy(rgb).permute(2, 0, 1).float().div(255))
+    assert torch.equal(ToTensor()(Image.fromarray(rgb)), out)
+    floats = rng.random((7, 9, 3)).astype(np.float32) * 255
+    assert torch.equal(ToTensor()(floats), torch.from_numpy(floats).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("size", [(12, 20), (70, 45), (30, 50)])
+def test_resize_matches_pil_float_bilinear(size):
+    """Antialiased bilinear on tensors agrees with PIL's bilinear (always antialiased)
+    on a float ("F") image, which torchvision documents as the goal of antialias=True."""
+    from torchvision.transforms import Resize
+
+    rng = np.random.default_rng(2)
+    plane = rng.random((30, 50)).astype(np.float32)
+    out = Resize(size)(torch.from_numpy(plane)[None])
+    expected = np.asarray(Image.fromarray(plane, mode="F").resize(size[::-1], Image.BILINEAR))
+    assert out.shape == (1, *size)
+    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
+    same = torch.from_numpy(plane)[None]
+    assert torch.equal(Resize((30, 50))(same), same)  # same size: unchanged
+
+
+def test_normalize_and_scripting_as_sam2_uses_them():
+    from torchvision.transforms import Normalize, Resize
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    scripted = torch.jit.script(torch.nn.Sequential(Resize((16, 16)), Normalize(mean, std)))
+    x = torch.rand(3, 16, 16)
+    expected = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    assert torch.equal(scripted(x), expected)
+    assert scripted(torch.rand(3, 40, 24)).shape == (3, 16, 16)
+
+
+def test_sam2_transforms_import():
+    pytest.importorskip("sam2")
+    from sam2.utils.transforms import SAM2Transforms
+
+    transforms = SAM2Transforms(resolution=32, mask_threshold=0.0)
+    rgb = np.random.default_rng(3).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    assert transforms(rgb).shape == (3, 32, 32)

@@ -271,9 +271,11 @@ def check_not_blank(image: Any, name: Any) -> None:
 # --------------------------------------------------------------------------
 
 
-def check_model_name(name: str) -> str:
-    """``name`` if the registry knows it, else a UsageError listing the names."""
+def check_model_name(name: str, *, sam2: bool = False) -> str:
+    """``name`` if the registry knows it (SAM 2.1's too with ``sam2``), else a UsageError listing the names."""
     known = list(checkpoints.CHECKPOINTS)  # looked up now: tests may swap the registry
+    if sam2:
+        known += list(checkpoints.SAM2_CHECKPOINTS)
     if name not in known:
         raise UsageError(
             f"unknown model {name!r}; expected one of {', '.join(known)} "

@@ -26,23 +26,26 @@ def add_model_parsers(subparsers: Any) -> None:
         description="Download, verify (size and sha256) and cache a model's official "
         "weights; an interrupted download resumes. Prints the file's path.",
     )
-    download.add_argument("model", metavar="MODEL", help="vit_b, vit_l or vit_h")
+    download.add_argument("model", metavar="MODEL",
+                          help="vit_b, vit_l, vit_h, or sam2.1_hiera_tiny/small/base_plus/large")
     download.add_argument("--url", default=None, help=argparse.SUPPRESS)  # mirrors, tests
     download.set_defaults(func=_cmd_download)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     rows = [("model", "size", "cached", "path")]
-    for name, info in checkpoints.CHECKPOINTS.items():
+    for name, info in {**checkpoints.CHECKPOINTS, **checkpoints.SAM2_CHECKPOINTS}.items():
         path = checkpoints.checkpoint_path(info)
         part = path.with_name(path.name + ".part")
         if checkpoints.cached_checkpoint(info) is not None:
             cached = "yes"
         elif part.is_file():
-            cached = f"partial {100 * part.stat().st_size // info.size}%"
+            done = part.stat().st_size
+            cached = f"partial {100 * done // info.size}%" if info.size else f"partial {done / 1e6:.0f} MB"
         else:
             cached = "no"
-        rows.append((name, f"{info.size / 1e6:.0f} MB", cached, str(path)))
+        size = f"{info.size / 1e6:.0f} MB" if info.size else "size not published"
+        rows.append((name, size, cached, str(path)))
     try:
         embedded = checkpoints.embedded_checkpoint()
         rows.append((checkpoints.EMBEDDED_MODEL, f"{embedded.stat().st_size / 1e6:.0f} MB", "built-in", str(embedded)))
@@ -59,7 +62,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    name = check_model_name(args.model)
+    name = check_model_name(args.model, sam2=True)
     if checkpoints.cached_checkpoint(name) is not None:
         status(f"{name} is already cached; verifying its checksum...")
     bar = ProgressBar(name, "B")

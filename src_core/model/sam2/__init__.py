@@ -18,6 +18,14 @@ score, memory-conditioned features, new memories, ``track_step``),
 encodings) and :mod:`.sam2_config` (its settings, the four SAM 2.1 sizes):
 ``build_sam2_model("tiny" | "small" | "base_plus" | "large")``.
 
-Not there yet: the checkpoint registry entries and the image and video
-predictors (``SAM2ImagePredictor``, ``build_sam2_video_predictor``).
+Loading: :mod:`.build` (``build_sam2``: the registry's SAM 2.1 checkpoints, cached
+and downloaded like SAM 1's, or a local file, loaded strictly; a file of another
+family or size is refused naming what it holds). The image predictor is
+:class:`src_core.sam2_predictor.SAM2ImagePredictor`.
+
+Not there yet: the video predictor (``build_sam2_video_predictor``).
 """
+
+from .build import build_sam2, describe_sam2_state_dict, infer_sam2_size
+
+__all__ = ["build_sam2", "describe_sam2_state_dict", "infer_sam2_size"]
