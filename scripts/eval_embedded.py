@@ -44,7 +44,7 @@ from src_core.model.build import build_sam  # noqa: E402
 from src_core.predictor import SamPredictor  # noqa: E402
 from src_core.train.data import SceneStream  # noqa: E402
 from src_core.train.evaluate import evaluate_prompts  # noqa: E402
-from src_core.synthetic.training import SCENE_KINDS, make_scene  # noqa: E402
+from src_core.synthetic.training import SCENE_KINDS, make_training_scene  # noqa: E402
 
 HELD_OUT_SEED = 777
 
@@ -119,7 +119,7 @@ def main() -> int:
     start = time.time()
     rows = []
     for kind in SCENE_KINDS:
-        pairs = [make_scene(np.random.default_rng([HELD_OUT_SEED, i]), 256, kind=kind) for i in range(args.images)]
+        pairs = [make_training_scene(np.random.default_rng([HELD_OUT_SEED, i]), 256, kind=kind) for i in range(args.images)]
         rows.append((f"held-out {kind}", evaluate_prompts(predictor, pairs, max_objects=8)))
     stream = SceneStream(HELD_OUT_SEED + 1, size=384)
     mixed = [stream[i] for i in range(args.images)]
@@ -127,7 +127,7 @@ def main() -> int:
     closeups = SceneStream(HELD_OUT_SEED, size=256, closeups=1.0)
     close = [closeups[i] for i in range(args.images)]
     rows.append(("held-out close-ups", evaluate_prompts(predictor, close, max_objects=8)))
-    tissue = [make_scene(np.random.default_rng([HELD_OUT_SEED, i]), 256, kind="tissue") for i in range(args.images)]
+    tissue = [make_training_scene(np.random.default_rng([HELD_OUT_SEED, i]), 256, kind="tissue") for i in range(args.images)]
     rows.append(("held-out stained tissue", evaluate_prompts(predictor, tissue, max_objects=8)))
     for name, make in (("coins (skimage)", coins_reference), ("horse (skimage)", horse_reference),
                        ("immunohistochemistry", ihc_reference), ("README sample, nuclei 2D", readme_sample)):

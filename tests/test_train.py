@@ -12,7 +12,13 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from src_core.model.build import MODEL_CONFIGS, SamConfig, build_sam, build_sam_from_config
+from src_core.model.build import (
+    MODEL_CONFIGS,
+    SamConfig,
+    build_sam,
+    build_sam_from_config,
+)
+from src_core.synthetic.training import ALL_KINDS, make_training_scene
 from src_core.train import trainer as trainer_module
 from src_core.train.data import (
     ArrayPairs,
@@ -23,7 +29,6 @@ from src_core.train.data import (
     prepare_sample,
 )
 from src_core.train.evaluate import evaluate_prompts, interior_point, next_click
-from src_core.synthetic.training import ALL_KINDS, SCENE_KINDS, make_scene
 from src_core.train.simulate import (
     corrective_points,
     corrective_points_torch,
@@ -31,7 +36,13 @@ from src_core.train.simulate import (
     sample_boxes,
     sample_points,
 )
-from src_core.train.trainer import TrainConfig, Trainer, TrainingDiverged, parameter_groups, prepare_step
+from src_core.train.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    parameter_groups,
+    prepare_step,
+)
 
 # a very small SAM (same architecture) so that steps take a fraction of a second
 SMALL = SamConfig(64, 2, 2, (1,), image_size=128, patch_size=16, window_size=4)
@@ -43,7 +54,7 @@ def small_model(seed: int = 0):
 
 
 def nuclei_pair(seed: int = 0, size: int = 96):
-    image, labels = make_scene(np.random.default_rng(seed), size, kind="nuclei")
+    image, labels = make_training_scene(np.random.default_rng(seed), size, kind="nuclei")
     return image, labels
 
 
@@ -52,8 +63,8 @@ def nuclei_pair(seed: int = 0, size: int = 96):
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_scenes_are_deterministic_and_labelled(kind):
-    a_img, a_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
-    b_img, b_lab = make_scene(np.random.default_rng(3), (96, 128), kind=kind)
+    a_img, a_lab = make_training_scene(np.random.default_rng(3), (96, 128), kind=kind)
+    b_img, b_lab = make_training_scene(np.random.default_rng(3), (96, 128), kind=kind)
     np.testing.assert_array_equal(a_img, b_img)
     np.testing.assert_array_equal(a_lab, b_lab)
     assert a_img.shape[:2] == a_lab.shape == (96, 128)
@@ -66,13 +77,13 @@ def test_scenes_are_deterministic_and_labelled(kind):
 def test_scenes_cover_output_types_and_reject_bad_arguments():
     kinds = set()
     for seed in range(30):
-        image, _ = make_scene(np.random.default_rng(seed), 64)
+        image, _ = make_training_scene(np.random.default_rng(seed), 64)
         kinds.add((image.dtype.name, image.ndim))
     assert ("uint16", 2) in kinds and ("float32", 2) in kinds and ("float32", 3) in kinds
     with pytest.raises(ValueError, match="kind"):
-        make_scene(np.random.default_rng(0), 64, kind="galaxies")
+        make_training_scene(np.random.default_rng(0), 64, kind="galaxies")
     with pytest.raises(ValueError, match="size"):
-        make_scene(np.random.default_rng(0), 16)
+        make_training_scene(np.random.default_rng(0), 16)
 
 
 def test_closeups_are_larger_views_of_the_same_kind_of_scene():
@@ -81,11 +92,11 @@ def test_closeups_are_larger_views_of_the_same_kind_of_scene():
     largest = {1.0: [], 3.0: []}
     for seed in range(12):
         for zoom in largest:
-            _, labels = make_scene(np.random.default_rng(seed), 96, kind="nuclei", zoom=zoom)
+            _, labels = make_training_scene(np.random.default_rng(seed), 96, kind="nuclei", zoom=zoom)
             largest[zoom].append(np.bincount(labels.ravel())[1:].max() / labels.size)
     assert np.median(largest[3.0]) > 4 * np.median(largest[1.0])
     for seed in range(6):
-        image, labels = make_scene(np.random.default_rng(seed), (96, 128), kind="animals", zoom=4.0)
+        image, labels = make_training_scene(np.random.default_rng(seed), (96, 128), kind="animals", zoom=4.0)
         assert image.shape[:2] == labels.shape == (96, 128)
         ids = np.unique(labels)
         np.testing.assert_array_equal(ids, np.arange(len(ids)))
@@ -94,19 +105,19 @@ def test_closeups_are_larger_views_of_the_same_kind_of_scene():
             # still a body, not a dotted line: pieces are few and none is a lone disc
             pieces, n = ndi.label(labels == i)
             assert n <= 3 and np.bincount(pieces.ravel())[1:].min() >= 12
-    a = make_scene(np.random.default_rng(4), 64, zoom=2.5)
-    b = make_scene(np.random.default_rng(4), 64, zoom=2.5)
+    a = make_training_scene(np.random.default_rng(4), 64, zoom=2.5)
+    b = make_training_scene(np.random.default_rng(4), 64, zoom=2.5)
     np.testing.assert_array_equal(a[1], b[1])
     for zoom in (0.5, 9.0):
         with pytest.raises(ValueError, match="zoom"):
-            make_scene(np.random.default_rng(0), 64, zoom=zoom)
+            make_training_scene(np.random.default_rng(0), 64, zoom=zoom)
 
 
 def test_scene_stream_closeups_share_and_default():
     # the default stream is the plain one (earlier runs' scenes are unchanged)
     plain = SceneStream(9, size=64)
     for i in range(3):
-        np.testing.assert_array_equal(plain[i][1], make_scene(np.random.default_rng([9, i]), 64)[1])
+        np.testing.assert_array_equal(plain[i][1], make_training_scene(np.random.default_rng([9, i]), 64)[1])
     all_close, none_close = SceneStream(9, size=64, closeups=1.0), SceneStream(9, size=64, closeups=0.0)
     frac = lambda labels: np.bincount(labels.ravel())[1:].max() / labels.size  # noqa: E731
     assert np.median([frac(all_close[i][1]) for i in range(10)]) > 2 * np.median(
@@ -127,7 +138,7 @@ def test_tissue_scenes_are_stained_slides_with_the_nuclei_labelled():
 
     dtypes = set()
     for seed in range(8):
-        image, labels = make_scene(np.random.default_rng([11, seed]), 128, kind="tissue")
+        image, labels = make_training_scene(np.random.default_rng([11, seed]), 128, kind="tissue")
         assert image.shape == (128, 128, 3) and labels.shape == (128, 128)
         dtypes.add(image.dtype.name)
         assert labels.max() >= 3
@@ -135,12 +146,12 @@ def test_tissue_scenes_are_stained_slides_with_the_nuclei_labelled():
         ring = ndi.binary_dilation(labels > 0, iterations=3) & (labels == 0)
         assert np.median(haematoxylin[labels > 0]) > 1.3 * np.median(haematoxylin[ring])
     assert dtypes == {"uint8", "float32"}
-    image, labels = make_scene(np.random.default_rng(2), 96, kind="tissue", zoom=3.0)
+    image, labels = make_training_scene(np.random.default_rng(2), 96, kind="tissue", zoom=3.0)
     assert image.shape == (96, 96, 3) and labels.max() >= 1
     stream, plain = SceneStream(4, size=64, tissue=1.0), SceneStream(4, size=64, tissue=0.0)
     assert all(stream[i][0].ndim == 3 for i in range(4))
     for i in range(3):  # no tissue asked for: the stream earlier runs trained on
-        np.testing.assert_array_equal(plain[i][1], make_scene(np.random.default_rng([4, i]), 64)[1])
+        np.testing.assert_array_equal(plain[i][1], make_training_scene(np.random.default_rng([4, i]), 64)[1])
     np.testing.assert_array_equal(SceneBank(4, 1, size=64, tissue=1.0)[0][1], stream[0][1])
     with pytest.raises(ValueError, match="share"):
         SceneStream(0, tissue=-0.1)
@@ -724,8 +735,8 @@ def test_losses_at_a_smaller_side_are_close_and_still_train(monkeypatch):
 def test_train_command_end_to_end(tmp_path, capsys):
     """``napari-sam train`` on a folder of TIFF pairs from the built-in model: writes a
     loadable checkpoint, resumes it, and refuses bad data with the file named."""
-    from src_core.cli import main
     from src_core.checkpoints import embedded_checkpoint
+    from src_core.cli import main
 
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

@@ -20,6 +20,7 @@ from .common import (
     ENGINE_ERRORS,
     ProgressBar,
     UsageError,
+    build_model,
     check_output_file,
     plain_text,
     status,
@@ -97,8 +98,10 @@ def _check_output(path: Path, resume: bool) -> None:
 
 
 def _model(args: argparse.Namespace) -> Any:
+    """The starting model: random weights of a type (--scratch), else through
+    :func:`~.common.build_model` like every command (a type's weights, or a file)."""
     from ..device import resolve_device
-    from ..model.build import MODEL_CONFIGS, build_sam, build_sam_from_config
+    from ..model.build import MODEL_CONFIGS, build_sam_from_config
 
     device = resolve_device(args.device)
     start = args.start
@@ -106,11 +109,13 @@ def _model(args: argparse.Namespace) -> Any:
         if start not in MODEL_CONFIGS:
             raise UsageError(f"--scratch needs a model type as --from ({', '.join(MODEL_CONFIGS)}), got {start!r}")
         return build_sam_from_config(MODEL_CONFIGS[start]).to(device)
-    if start in MODEL_CONFIGS:
-        return build_sam(start, device=device)
-    if not Path(start).is_file():
+    if start not in MODEL_CONFIGS and not Path(start).is_file():
         raise UsageError(f"--from {start!r} is neither a model type ({', '.join(MODEL_CONFIGS)}) nor a file")
-    return build_sam("auto", checkpoint=start, device=device)
+    weights = argparse.Namespace(
+        model=start if start in MODEL_CONFIGS else None, checkpoint=None if start in MODEL_CONFIGS else start,
+        device=str(device), dtype=None, no_download=False,
+    )
+    return build_model(weights)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@
   turning, occluded, leaving and re-entering, a crowd, dividing cells):
   :func:`~.videos.make_scene`;
 * :mod:`.training`: endless procedural training scenes (nuclei, cells, blobs,
-  animals, stained tissue) for the built-in model: :func:`~.training.make_scene`.
+  animals, stained tissue) for the built-in model: :func:`~.training.make_training_scene`.
 """
 
 from .microscopy import (

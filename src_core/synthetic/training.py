@@ -1,6 +1,6 @@
 """Procedural scientific-looking scenes with exact instance labels, for training.
 
-:func:`make_scene` draws one image of a randomly chosen kind:
+:func:`make_training_scene` draws one image of a randomly chosen kind:
 
 ``nuclei``
     Bright blurred ellipses on a dark background (fluorescence), some touching,
@@ -47,16 +47,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import draw, segmentation
 
-__all__ = ["ALL_KINDS", "SCENE_KINDS", "make_scene"]
+__all__ = ["ALL_KINDS", "SCENE_KINDS", "make_training_scene"]
 
 #: the kinds a random scene is drawn from (and the held-out targets are measured on)
 SCENE_KINDS = ("nuclei", "cells", "blobs", "animals")
-#: every kind :func:`make_scene` paints; ``tissue`` only when asked for, so that the
+#: every kind :func:`make_training_scene` paints; ``tissue`` only when asked for, so that the
 #: scene streams of earlier training runs stay as they were
 ALL_KINDS = SCENE_KINDS + ("tissue",)
 
 
-def make_scene(
+def make_training_scene(
     rng: np.random.Generator,
     size: int | tuple[int, int] = 256,
     kind: str | None = None,

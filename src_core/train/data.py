@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..preprocess import resize_longest_side, to_rgb
-from ..synthetic.training import make_scene
+from ..synthetic.training import make_training_scene
 
 __all__ = [
     "ArrayPairs",
@@ -132,7 +132,7 @@ def _find_pairs(root: Path) -> list[tuple[Path, Path]]:
 class SceneStream:
     """Endless procedural scenes (:mod:`src_core.synthetic.training`); sample ``i`` is the same for a given seed.
 
-    ``closeups`` is the share of scenes that are close-ups (``make_scene(zoom=...)``,
+    ``closeups`` is the share of scenes that are close-ups (``make_training_scene(zoom=...)``,
     zoom drawn from ``zoom``); ``tissue`` the share that are stained tissue (the
     ``"tissue"`` kind, close-ups among them in the same share). 0, the default of
     both, leaves the stream as it always was.
@@ -166,8 +166,8 @@ class SceneStream:
         # are the scenes earlier training runs saw
         kind = "tissue" if self.tissue > 0 and rng.random() < self.tissue else None
         if self.closeups > 0 and rng.random() < self.closeups:
-            return make_scene(rng, self.size, kind=kind, zoom=rng.uniform(*self.zoom))
-        return make_scene(rng, self.size, kind=kind)
+            return make_training_scene(rng, self.size, kind=kind, zoom=rng.uniform(*self.zoom))
+        return make_training_scene(rng, self.size, kind=kind)
 
 
 class SceneBank:
