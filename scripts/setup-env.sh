@@ -62,6 +62,9 @@ pip_install=("$PY" -m pip install --quiet --progress-bar off --disable-pip-versi
 # distribution without its CUDA extension and without its dependencies (they
 # would replace torch and add torchvision; the tests carry a torchvision stand-in).
 SAM2_BUILD_CUDA=0 "${pip_install[@]}" -c constraints.txt --no-deps --no-build-isolation "sam2==1.1.0"
+# MobileSAM's code (test-only, TinyViT parity); its timm imports use tests/_timm_standin
+# (timm itself needs torchvision).
+"${pip_install[@]}" -c constraints.txt --no-deps "mobilesam-mirror==1.0.0"
 
 if ! installed_ok; then
     echo "setup-env: after installing, torch is not ${TORCH_PIN#torch==} or napari-sam is missing" >&2
