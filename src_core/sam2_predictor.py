@@ -61,7 +61,9 @@ def _image_array(image: Any, **rgb_options: Any) -> np.ndarray:
 def _fill_small_regions(logits: torch.Tensor, threshold: float, max_area: float, holes: bool) -> torch.Tensor:
     """Meta's hole filling (``holes``) or sprinkle removal on (B, C, h, w) logits:
     8-connected regions of background (or foreground) of at most ``max_area`` pixels
-    get the score ``threshold + 10`` (or ``threshold - 10``)."""
+    get the score ``threshold + 10`` (or ``threshold - 10``). Not
+    :func:`src_core.automatic.remove_small_regions`: SAM 1's rule differs (strictly
+    smaller, and the largest island is always kept) and works on binary masks."""
     from scipy import ndimage
 
     regions = (logits <= threshold) if holes else (logits > threshold)

@@ -39,6 +39,19 @@ def _no_qt_worker_outlives_its_test(request):
         pytest.fail(f"{left} Qt worker thread(s) still running 60 s after the test ended")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of small models: per-op thread handoffs dominate
+    there, and a busy second core makes them ten times slower. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def vit_tiny_random_checkpoint(tmp_path_factory):
     """Random weights of the vit_tiny blocks at a 256-px input (TINY_256, seeded), saved once per run."""

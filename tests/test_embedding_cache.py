@@ -27,13 +27,7 @@ SMALL = SamConfig(64, 2, 2, (1,), image_size=256)  # 16x16 embedding, ~15 ms per
 POINT = dict(point_coords=np.array([[50.0, 40.0]]), point_labels=np.array([1]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: one thread is as fast, and immune to a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ EMBEDDINGS = ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr"
               "no_obj_embed_spatial")  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Per-op thread handoffs dominate these small maps (10x slower with a busy second core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _meta_model(size: str = "tiny", image_size: int = 1024, decoder_args=None, **changes):

@@ -35,13 +35,7 @@ TOL = 1e-4  # relative to the output's magnitude (at least 1)
 SIZES = ("tiny", "small", "base_plus", "large")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Per-op thread handoffs dominate on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -44,15 +44,6 @@ def _import_mobile_sam():
     return pytest.importorskip("mobile_sam")
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the timings stay predictable on a 2-core CI runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @torch.no_grad()
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Seeded random values for every parameter and batch-norm statistic.
@@ -79,7 +70,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             t.copy_(0.2 * noise)
 
 
-def test_vit_t_embedding_matches_mobile_sam(one_thread):
+def test_vit_t_embedding_matches_mobile_sam(one_torch_thread):
     _import_mobile_sam()
     from mobile_sam.modeling.tiny_vit_sam import TinyViT as RefTinyViT
 
@@ -109,7 +100,7 @@ def test_vit_t_embedding_matches_mobile_sam(one_thread):
     assert diff <= 1e-4 * scale
 
 
-def test_loads_image_encoder_of_full_mobile_sam(one_thread):
+def test_loads_image_encoder_of_full_mobile_sam(one_torch_thread):
     _import_mobile_sam()
     from mobile_sam.build_sam import build_sam_vit_t
 

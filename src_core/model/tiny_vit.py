@@ -178,7 +178,31 @@ class PatchMerging(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-class ConvLayer(nn.Module):
+class _Stage(nn.Module):
+    """A stage: ``blocks`` in order, then the optional ``downsample`` (a :class:`PatchMerging`)."""
+
+    blocks: nn.ModuleList
+    downsample: PatchMerging | None
+
+    def forward(
+        self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
+        for block in self.blocks:
+            check_stop(should_stop, "image encoding")
+            x = block(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+def _downsample(
+    wanted: bool, input_resolution: tuple[int, int], dim: int, out_dim: int | None,
+    activation: type[nn.Module],
+) -> PatchMerging | None:
+    return PatchMerging(input_resolution, dim, out_dim or dim, activation) if wanted else None
+
+
+class ConvLayer(_Stage):
     """First stage: MBConv blocks on (B, C, H, W), then an optional :class:`PatchMerging`.
 
     Parameters
@@ -213,21 +237,7 @@ class ConvLayer(nn.Module):
         self.blocks = nn.ModuleList(
             MBConv(dim, dim, conv_expand_ratio, activation) for _ in range(depth)
         )
-        self.downsample: PatchMerging | None = None
-        if downsample:
-            self.downsample = PatchMerging(
-                input_resolution, dim, out_dim or dim, activation
-            )
-
-    def forward(
-        self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None
-    ) -> torch.Tensor:
-        for block in self.blocks:
-            check_stop(should_stop, "image encoding")
-            x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
+        self.downsample = _downsample(downsample, input_resolution, dim, out_dim, activation)
 
 
 class Mlp(nn.Module):
@@ -413,7 +423,7 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(_Stage):
     """A transformer stage: :class:`TinyViTBlock` s, then an optional :class:`PatchMerging`.
 
     Parameters
@@ -458,21 +468,7 @@ class BasicLayer(nn.Module):
             )
             for _ in range(depth)
         )
-        self.downsample: PatchMerging | None = None
-        if downsample:
-            self.downsample = PatchMerging(
-                input_resolution, dim, out_dim or dim, activation
-            )
-
-    def forward(
-        self, x: torch.Tensor, should_stop: Callable[[], bool] | None = None
-    ) -> torch.Tensor:
-        for block in self.blocks:
-            check_stop(should_stop, "image encoding")
-            x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
+        self.downsample = _downsample(downsample, input_resolution, dim, out_dim, activation)
 
 
 class TinyViT(nn.Module):
