@@ -1,11 +1,17 @@
-"""Official SAM checkpoints: registry, per-user cache, verified download, loading.
+"""Published SAM checkpoints: registry, per-user cache, verified download, loading.
 
-Checkpoints are large (375 MB to 2.5 GB), so downloads stream into
+The registry holds Meta's SAM (:data:`CHECKPOINTS`), MobileSAM's small model
+(:data:`SMALL_CHECKPOINTS`), micro-sam's microscopy fine-tunes
+(:data:`MICROSCOPY_CHECKPOINTS`) and SAM 2.1 (:data:`SAM2_CHECKPOINTS`);
+:func:`model_groups` is the one grouped list the plugin and the CLI show.
+
+Checkpoints are large (40 MB to 2.5 GB), so downloads stream into
 ``<name>.part`` next to their final place, resume with an HTTP ``Range``
-request when a previous attempt was cut off, and are verified (size and
-sha256; sha256 alone for a file whose size is not published, such as the
-CLIP weights of :mod:`src_core.text`; the server's length alone for the SAM 2.1
-files, whose publisher gives neither, and which ``build_sam2`` verifies by
+request when a previous attempt was cut off, and are verified (size and the
+published checksum: sha256, or xxh128 for the files micro-sam publishes; the
+checksum alone for a file whose size is not published, such as the CLIP weights
+of :mod:`src_core.text`; the server's length alone for the SAM 2.1 and MobileSAM
+files, whose publishers give neither, and which the model builders verify by
 structure) before being renamed into place. The cache therefore never holds a
 half-written file under a final name.
 
@@ -34,20 +40,28 @@ if TYPE_CHECKING:  # torch is imported when weights are loaded, not before
 
 __all__ = [
     "CHECKPOINTS",
-    "SAM2_CHECKPOINTS",
-    "CheckpointInfo",
     "EMBEDDED_MODEL",
+    "MICROSCOPY_CHECKPOINTS",
+    "SAM2_CHECKPOINTS",
+    "SMALL_CHECKPOINTS",
+    "CheckpointInfo",
+    "ModelGroup",
     "cache_dir",
     "cached_checkpoint",
     "checkpoint_info",
     "checkpoint_path",
     "default_model_type",
-    "local_file",
     "download_checkpoint",
     "embedded_checkpoint",
+    "file_digest",
+    "identify_checkpoint",
     "load_state_dict",
+    "local_file",
+    "model_groups",
     "resolve_checkpoint",
+    "sam_checkpoints",
     "sha256_file",
+    "size_estimate",
 ]
 
 ProgressCallback = Callable[[int, int], object]
@@ -55,6 +69,10 @@ ProgressCallback = Callable[[int, int], object]
 _CACHE_ENV_VAR = "NAPARI_SAM_CACHE"
 _USER_AGENT = "napari-sam checkpoint downloader"
 _DEFAULT_CHUNK = 1 << 20
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True)
@@ -69,16 +87,32 @@ class CheckpointInfo:
         Where the file is published.
     size : int or None
         Exact size of the file in bytes; None when it is not published (the
-        file is then verified by its sha256 alone, and the cache check of
+        file is then verified by its checksum alone, and the cache check of
         :func:`cached_checkpoint` is whether the file is there).
     sha256 : str or None
         Hex sha256 digest of the file; None when the publisher gives none (the
-        file is then accepted by its size where known, and the model builder
-        verifies it by structure: its keys must load strictly).
+        file is then verified by ``xxh128`` where known, else accepted by its size
+        where known, and the model builder verifies it by structure: its keys must
+        load strictly).
     folder : str
         Subfolder of the cache root the file is kept in.
     family : str
-        Model family the weights are for: ``"sam"`` (SAM 1) or ``"sam2"`` (SAM 2.1).
+        Model family the weights are for: ``"sam"`` (SAM 1's prompt encoder and mask
+        decoder, with a ViT or TinyViT image encoder) or ``"sam2"`` (SAM 2.1).
+    xxh128 : str or None
+        Hex xxh128 digest of the file, as micro-sam publishes its models' checksums;
+        verifies a download when there is no sha256, and names a file whatever it is
+        called (:func:`identify_checkpoint`).
+    file : str or None
+        Name of the file in the cache when the URL's last part is not one (micro-sam's
+        files are all called ``vit_b.pt`` or ``download``); default: the URL's.
+    architecture : str or None
+        The model type whose network the weights fit (``"vit_b"`` for micro-sam's
+        ``vit_b_lm``); default: ``name``.
+    group : str
+        Where the model is listed: ``"meta"``, ``"microscopy"``, ``"small"`` or ``"video"``.
+    summary : str
+        One line on what the model is for.
     """
 
     name: str
@@ -87,6 +121,11 @@ class CheckpointInfo:
     sha256: str | None
     folder: str = "checkpoints"
     family: str = "sam"
+    xxh128: str | None = None
+    file: str | None = None
+    architecture: str | None = None
+    group: str = "meta"
+    summary: str = ""
 
     def __post_init__(self) -> None:
         if self.size is not None and (
@@ -96,17 +135,21 @@ class CheckpointInfo:
                 f"checkpoint {self.name!r}: size must be a positive number of "
                 f"bytes (or None when unknown), got {self.size!r}"
             )
-        digest = None if self.sha256 is None else str(self.sha256).lower()
-        if digest is not None and (
-            len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
-        ):
-            raise ValueError(
-                f"checkpoint {self.name!r}: sha256 must be 64 hex characters, "
-                f"got {self.sha256!r}"
-            )
+        for kind, length in (("sha256", 64), ("xxh128", 32)):
+            digest = getattr(self, kind)
+            if digest is not None and not _is_hex(str(digest).lower(), length):
+                raise ValueError(
+                    f"checkpoint {self.name!r}: {kind} must be {length} hex characters, "
+                    f"got {digest!r}"
+                )
         if self.family not in ("sam", "sam2"):
             raise ValueError(
                 f"checkpoint {self.name!r}: family must be 'sam' or 'sam2', got {self.family!r}"
+            )
+        if self.group not in _GROUP_TITLES:
+            raise ValueError(
+                f"checkpoint {self.name!r}: group must be one of {sorted(_GROUP_TITLES)}, "
+                f"got {self.group!r}"
             )
         if not self.filename:
             raise ValueError(
@@ -116,12 +159,41 @@ class CheckpointInfo:
 
     @property
     def filename(self) -> str:
-        """The file name at the end of the URL, e.g. ``sam_vit_b_01ec64.pth``."""
-        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
+        """The file's name in the cache: ``file``, else the end of the URL
+        (e.g. ``sam_vit_b_01ec64.pth``)."""
+        return self.file or PurePosixPath(urllib.parse.urlparse(self.url).path).name
+
+    @property
+    def model_type(self) -> str:
+        """The network the weights fit (a key of ``src_core.model.build.MODEL_CONFIGS``)."""
+        return self.architecture or self.name
+
+    @property
+    def checksum(self) -> tuple[str, str] | None:
+        """``(kind, hex digest)`` a download is verified with: sha256 where published,
+        else xxh128; None when the publisher gives neither."""
+        if self.sha256 is not None:
+            return "sha256", self.sha256.lower()
+        if self.xxh128 is not None:
+            return "xxh128", self.xxh128.lower()
+        return None
+
+
+#: Group key -> the title the plugin's model box and ``napari-sam models`` show.
+_GROUP_TITLES = {
+    "meta": "Meta's SAM",
+    "microscopy": "microscopy fine-tunes (micro-sam)",
+    "small": "small and fast",
+    "builtin": "built-in",
+    "video": "video (SAM 2.1)",
+}
 
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
+# The xxh128 digests of Meta's and micro-sam's files are those micro-sam 1.8.14 publishes
+# (micro_sam/util.py, ``models()``); they verify micro-sam's downloads and name a file
+# whatever it is called (identify_checkpoint).
 CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
     {
         "vit_h": CheckpointInfo(
@@ -129,19 +201,99 @@ CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
             _BASE_URL + "sam_vit_h_4b8939.pth",
             2564550879,
             "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            xxh128="97698fac30bd929c2e6d8d8cc15933c2",
+            summary="Meta's largest SAM: the most accurate, slow on a CPU",
         ),
         "vit_l": CheckpointInfo(
             "vit_l",
             _BASE_URL + "sam_vit_l_0b3195.pth",
             1249524607,
             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            xxh128="a82beb3c660661e3dd38d999cc860e9a",
+            summary="Meta's SAM, large: close to vit_h at half its cost",
         ),
         "vit_b": CheckpointInfo(
             "vit_b",
             _BASE_URL + "sam_vit_b_01ec64.pth",
             375042383,
             "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            xxh128="6923c33df3637b6a922d7682bfc9a86b",
+            summary="Meta's SAM, base: general images, interactive on a CPU",
         ),
+    }
+)
+
+
+#: MobileSAM (Zhang et al. 2023): SAM's prompt encoder and mask decoder after a
+#: TinyViT-5M image encoder distilled from vit_h. Its authors publish no size or
+#: checksum for ``mobile_sam.pt`` (micro-sam's xxh128 is of its own mirror on another
+#: server), so a download is checked against the server's length and the file by
+#: structure: its keys load strictly into ``vit_t``.
+SMALL_CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
+    {
+        "vit_t": CheckpointInfo(
+            "vit_t",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            None,
+            None,
+            group="small",
+            summary="MobileSAM: SAM's decoder on a 5M-parameter TinyViT, several times faster than vit_b on a CPU",
+        ),
+    }
+)
+
+
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
+_GWDG = "https://owncloud.gwdg.de/index.php/s/"
+
+
+def _microscopy(name: str, url: str, xxh128: str, summary: str) -> CheckpointInfo:
+    return CheckpointInfo(
+        name, url, None, None, xxh128=xxh128, file=f"{name}.pt", architecture=name[:5],
+        group="microscopy", summary=summary,
+    )
+
+
+#: micro-sam's fine-tuned SAM models (Archit et al., Nature Methods 2025; PathoSAM;
+#: MedicoSAM): the URLs and xxh128 digests micro-sam 1.8.14 publishes. Each file is
+#: SAM's state dict (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``) of
+#: the architecture its name starts with (vit_t is MobileSAM's); micro-sam's separate
+#: ``*_decoder`` files (its automatic instance segmentation) are not listed yet.
+MICROSCOPY_CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
+    {
+        info.name: info
+        for info in (
+            _microscopy("vit_b_lm", _BIOIMAGEIO + "diplomatic-bug/1.2/files/vit_b.pt",
+                        "fe9252a29f3f4ea53c15a06de471e186",
+                        "light microscopy (cells, nuclei; fluorescence and label-free): micro-sam's default"),
+            _microscopy("vit_l_lm", _BIOIMAGEIO + "idealistic-rat/1.2/files/vit_l.pt",
+                        "017f20677997d628426dec80a8018f9d",
+                        "light microscopy, larger: a little better than vit_b_lm, 3x slower"),
+            _microscopy("vit_t_lm", _BIOIMAGEIO + "faithful-chicken/1.1/files/vit_t.pt",
+                        "72ec5074774761a6e5c05a08942f981e",
+                        "light microscopy on a CPU (MobileSAM's TinyViT encoder)"),
+            _microscopy("vit_b_em_organelles", _BIOIMAGEIO + "noisy-ox/1.2/files/vit_b.pt",
+                        "f3bf2ed83d691456bae2c3f9a05fb438",
+                        "electron microscopy: mitochondria, nuclei and other organelles"),
+            _microscopy("vit_l_em_organelles", _BIOIMAGEIO + "humorous-crab/1.2/files/vit_l.pt",
+                        "810b084b6e51acdbf760a993d8619f2d",
+                        "electron microscopy organelles, larger model"),
+            _microscopy("vit_t_em_organelles", _BIOIMAGEIO + "greedy-whale/1/files/vit_t.pt",
+                        "253474720c497cce605e57c9b1d18fd9",
+                        "electron microscopy organelles on a CPU (TinyViT encoder)"),
+            _microscopy("vit_b_histopathology", _GWDG + "sBB4H8CTmIoBZsQ/download",
+                        "ffd1a2cd84570458b257bd95fdd8f974",
+                        "histopathology: nuclei in H&E and other stained tissue (PathoSAM)"),
+            _microscopy("vit_l_histopathology", _GWDG + "IZgnn1cpBq2PHod/download",
+                        "b591833c89754271023e901281dee3f2",
+                        "histopathology nuclei, larger model (PathoSAM)"),
+            _microscopy("vit_h_histopathology", _GWDG + "L7AcvVz7DoWJ2RZ/download",
+                        "bd1856dafc156a43fb3aa705f1a6e92e",
+                        "histopathology nuclei, largest model (PathoSAM)"),
+            _microscopy("vit_b_medical_imaging", _GWDG + "f5Ol4FrjPQWfjUF/download",
+                        "40169f1e3c03a4b67bff58249c176d92",
+                        "medical images: CT, MRI, ultrasound, X-ray, dermoscopy (MedicoSAM)"),
+        )
     }
 )
 
@@ -149,9 +301,9 @@ CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
 _SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
 #: The official SAM 2.1 checkpoints (Meta, 2024-09-28), each ``{"model": state_dict}``.
-#: Kept apart from :data:`CHECKPOINTS`, which lists the SAM 1 model types that every
-#: SAM 1 code path (the CLI's ``--model``, the default model, the model panel) accepts;
-#: :func:`checkpoint_info` and the download and cache functions know both.
+#: Kept apart from the SAM 1 registries (:func:`sam_checkpoints`), which list the model
+#: types that every SAM 1 code path (the CLI's ``--model``, the default model, the model
+#: panel) accepts; :func:`checkpoint_info` and the download and cache functions know both.
 #: Meta publishes neither the sizes nor checksums of these files (the README and
 #: ``checkpoints/download_ckpts.sh`` give only the URLs), so size and sha256 are None:
 #: a download is checked against the server's Content-Length, and the file is
@@ -164,19 +316,26 @@ SAM2_CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
             None,
             None,
             family="sam2",
+            group="video",
+            summary=f"SAM 2.1 {size.replace('_', ' ')}: images and video (engine and CLI only)",
         )
         for size in ("tiny", "small", "base_plus", "large")
     }
 )
 
 
+def sam_checkpoints() -> dict[str, CheckpointInfo]:
+    """Every SAM 1 family entry (Meta's, MobileSAM's, micro-sam's), in listing order.
+
+    Looked up at each call, so that a registry swapped by a test is seen."""
+    return {**CHECKPOINTS, **MICROSCOPY_CHECKPOINTS, **SMALL_CHECKPOINTS}
+
+
 #: The model that ships inside the package (trained by napari-sam, see
 #: scripts/train_embedded.py): used when no official checkpoint is cached.
 EMBEDDED_MODEL = "vit_tiny"
 _EMBEDDED_FILE = Path(__file__).resolve().parent / "weights" / "sam_vit_tiny.pth"
-# official models in the order a default is picked from the cache (vit_b first:
-# on a CPU it is the one that answers a click interactively)
-_DEFAULT_ORDER = ("vit_b", "vit_l", "vit_h")
+_EMBEDDED_SUMMARY = "napari-sam's own small model: offline, fast, rough (not Meta's SAM)"
 
 
 def embedded_checkpoint() -> Path:
@@ -191,12 +350,41 @@ def embedded_checkpoint() -> Path:
 
 
 def default_model_type(cache: str | os.PathLike | None = None) -> str:
-    """The model to use when the user names none: the first official model found in
-    the cache (vit_b, vit_l, vit_h), else the built-in :data:`EMBEDDED_MODEL`."""
-    for name in _DEFAULT_ORDER:
+    """The model to use when the user names none: the first published model found in
+    the cache (Meta's vit_b, vit_l, vit_h, then micro-sam's in registry order, vit_b_lm
+    first, then MobileSAM's vit_t), else the built-in :data:`EMBEDDED_MODEL`.
+
+    vit_b comes first: on a CPU it is the one that answers a click interactively."""
+    registry = sam_checkpoints()
+    first = [name for name in ("vit_b", "vit_l", "vit_h") if name in registry]
+    for name in first + [name for name in registry if name not in first]:
         if cached_checkpoint(name, cache) is not None:
             return name
     return EMBEDDED_MODEL
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """One group of models as the plugin's model box and ``napari-sam models`` list them:
+    ``models`` holds ``(name, one line on what it is for)`` pairs."""
+
+    key: str
+    title: str
+    models: tuple[tuple[str, str], ...]
+
+
+def model_groups(*, video: bool = False) -> list[ModelGroup]:
+    """The SAM 1 family's models by group: Meta's SAM, microscopy fine-tunes, small and
+    fast, built-in; with ``video``, SAM 2.1 last (which the plugin cannot run yet)."""
+    entries = list(sam_checkpoints().values()) + (list(SAM2_CHECKPOINTS.values()) if video else [])
+    groups = []
+    for key, title in _GROUP_TITLES.items():
+        models = [(info.name, info.summary) for info in entries if info.group == key]
+        if key == "builtin":
+            models.append((EMBEDDED_MODEL, _EMBEDDED_SUMMARY))
+        if models:
+            groups.append(ModelGroup(key, title, tuple(models)))
+    return groups
 
 
 def checkpoint_info(name_or_info: str | CheckpointInfo) -> CheckpointInfo:
@@ -209,17 +397,46 @@ def checkpoint_info(name_or_info: str | CheckpointInfo) -> CheckpointInfo:
     """
     if isinstance(name_or_info, CheckpointInfo):
         return name_or_info
+    registry = {**sam_checkpoints(), **SAM2_CHECKPOINTS}
     try:
-        return CHECKPOINTS[name_or_info]
+        return registry[name_or_info]
     except (KeyError, TypeError):
-        pass
-    try:
-        return SAM2_CHECKPOINTS[name_or_info]
-    except (KeyError, TypeError):
-        known = ", ".join(repr(k) for k in (*CHECKPOINTS, *SAM2_CHECKPOINTS))
+        known = ", ".join(repr(k) for k in registry)
         raise ValueError(
             f"unknown SAM model type {name_or_info!r}; expected one of {known}"
         ) from None
+
+
+def size_estimate(name_or_info: str | CheckpointInfo) -> int | None:
+    """Bytes the file has or, where its size is not published, about how many it will
+    have: a SAM 1 file holds its network's weights in float32, so micro-sam's vit_b_lm
+    is about the size of Meta's vit_b (MobileSAM's vit_t: about 40 MB). None for SAM 2.1."""
+    info = checkpoint_info(name_or_info)
+    if info.size is not None:
+        return info.size
+    if info.family != "sam":
+        return None
+    meta = CHECKPOINTS.get(info.model_type)
+    return meta.size if meta is not None and meta.size is not None else _VIT_T_BYTES.get(info.model_type)
+
+
+# MobileSAM's network in float32: 10.1 M parameters (TinyViT 6.1 M, prompt encoder and decoder 4.1 M)
+_VIT_T_BYTES = {"vit_t": 40_500_000}
+
+
+def identify_checkpoint(path: str | os.PathLike) -> CheckpointInfo | None:
+    """The registry entry whose published xxh128 digest ``path`` has, or None.
+
+    Names a published file whatever it is called (micro-sam's are all ``vit_b.pt``
+    or ``download``). None too when the ``xxhash`` package is missing."""
+    try:
+        digest = file_digest(path, "xxh128")
+    except ImportError:
+        return None
+    for info in {**sam_checkpoints(), **SAM2_CHECKPOINTS}.values():
+        if info.xxh128 is not None and info.xxh128.lower() == digest:
+            return info
+    return None
 
 
 def cache_dir() -> Path:
@@ -278,13 +495,29 @@ def cached_checkpoint(
     return None
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = _DEFAULT_CHUNK) -> str:
-    """Hex sha256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
+def _new_digest(kind: str) -> Any:
+    """A fresh hash object: ``"sha256"`` (hashlib) or ``"xxh128"`` (the xxhash package)."""
+    if kind == "sha256":
+        return hashlib.sha256()
+    if kind == "xxh128":
+        import xxhash  # a dependency of napari-sam; imported when a file is checked
+
+        return xxhash.xxh128()
+    raise ValueError(f"unknown checksum kind {kind!r}: expected 'sha256' or 'xxh128'")
+
+
+def file_digest(path: str | os.PathLike, kind: str = "sha256", chunk_size: int = _DEFAULT_CHUNK) -> str:
+    """Hex digest of a file (``kind`` "sha256" or "xxh128"), read in chunks."""
+    digest = _new_digest(kind)
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = _DEFAULT_CHUNK) -> str:
+    """Hex sha256 digest of a file, read in chunks."""
+    return file_digest(path, "sha256", chunk_size)
 
 
 def _manual_hint(url: str, dest: Path) -> str:
@@ -323,7 +556,8 @@ def download_checkpoint(
     Parameters
     ----------
     name_or_info : str or CheckpointInfo
-        Registry name (``"vit_h"``, ``"vit_l"``, ``"vit_b"``) or an entry.
+        Registry name (``"vit_b"``, ``"vit_t"``, ``"vit_b_lm"``, ``"sam2.1_hiera_tiny"``, ...)
+        or an entry.
     cache : path-like, optional
         Cache root instead of :func:`cache_dir`.
     url : str, optional
@@ -348,17 +582,17 @@ def download_checkpoint(
         Unknown model type.
     RuntimeError
         Network unreachable, HTTP error, interrupted download (call again to
-        resume), or size/sha256 mismatch.
+        resume), or size/checksum mismatch.
     """
     info = checkpoint_info(name_or_info)
     source = url if url is not None else info.url
     dest = checkpoint_path(info, cache)
     part = dest.with_name(dest.name + ".part")
-    expected = info.sha256.lower() if info.sha256 is not None else None
+    kind, expected = info.checksum or ("sha256", None)
 
     if dest.is_file():
         size_ok = info.size is None or dest.stat().st_size == info.size
-        if size_ok and (expected is None or sha256_file(dest) == expected):
+        if size_ok and (expected is None or file_digest(dest, kind) == expected):
             return dest
         dest.unlink()  # a corrupt file in our own cache: fetch it again
 
@@ -379,8 +613,8 @@ def download_checkpoint(
         return dest
     if offset and expected is not None and (offset == info.size or info.size is None):
         # A previous run got every byte but stopped before the rename (with an
-        # unknown size, a part whose sha256 matches is complete).
-        if sha256_file(part) == expected:
+        # unknown size, a part whose checksum matches is complete).
+        if file_digest(part, kind) == expected:
             os.replace(part, dest)
             return dest
         if info.size is not None:
@@ -459,7 +693,8 @@ def _fetch(
                 "different file."
             )
 
-        digest = hashlib.sha256()
+        kind, expected = info.checksum or ("sha256", None)
+        digest = _new_digest(kind)
         if start:
             with open(part, "rb") as f:
                 while chunk := f.read(chunk_size):
@@ -473,11 +708,11 @@ def _fetch(
             "download again resumes where it stopped."
         )
     got = digest.hexdigest()
-    if info.sha256 is not None and got != info.sha256.lower():
+    if expected is not None and got != expected:
         part.unlink(missing_ok=True)
         raise RuntimeError(
-            f"the file downloaded from {source} is corrupt: expected sha256 "
-            f"{info.sha256.lower()}, got {got}. It was deleted; try again, or "
+            f"the file downloaded from {source} is corrupt: expected {kind} "
+            f"{expected}, got {got}. It was deleted; try again, or "
             "download it yourself and pass its path."
         )
     os.replace(part, dest)
@@ -596,7 +831,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Accepts a bare state dict or one nested under ``"model"`` or
     ``"state_dict"``; a ``"module."`` prefix on every key (DataParallel) is
-    removed. Entries that are not tensors are dropped.
+    removed. Entries that are not tensors are dropped. micro-sam's layouts load
+    as micro-sam reads them: ``{"model_state": ..., "decoder_state": ...}`` (its
+    exports with the instance-segmentation decoder; the decoder is left out) and its
+    training checkpoints, whose ``"model_state"`` keys start with ``"sam."``.
 
     Raises
     ------
@@ -630,7 +868,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise _unreadable(path, exc) from exc
 
     state = loaded
-    if isinstance(state, Mapping):
+    if isinstance(state, Mapping) and isinstance(state.get("model_state"), Mapping):
+        prefix = "sam."  # micro-sam's trainer wraps SAM as .sam; its loader drops the prefix
+        state = {k[len(prefix):] if str(k).startswith(prefix) else k: v
+                 for k, v in state["model_state"].items()}
+    elif isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping):
                 state = state[key]

@@ -434,7 +434,7 @@ def test_checkpoint_of_another_geometry_is_explained(capsys, tiny_vit_b_checkpoi
     args = ["segment", gray_tif, "--box", "1,1,20,20", "--checkpoint", tiny_vit_b_checkpoint,
             "--device", "cpu", "-o", tmp_path / "out.tif"]
     code, _, err = run_cli(capsys, *args)
-    assert_user_error(code, err, "does not look like a vit_b, vit_l, vit_h or vit_tiny", "--model")
+    assert_user_error(code, err, "does not look like a vit_b, vit_l, vit_h, vit_t or vit_tiny", "--model")
     code, _, err = run_cli(capsys, *args, "--model", "vit_b")
     assert_user_error(code, err, "does not fit a 'vit_b' SAM model", "64 wide and 2 blocks deep")
     assert not (tmp_path / "out.tif").exists()

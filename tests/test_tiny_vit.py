@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,55 @@ def test_attention_bias_index_is_not_saved():
     attn = ours.layers[1].blocks[0].attn
     assert attn.attention_biases.shape == (4, 49)
     assert attn.attention_bias_idxs.shape == (49, 49)
+
+
+def _mobile_sam_with_random_weights(seed: int):
+    """MobileSAM's whole vit_t model (its own build function) with seeded random weights."""
+    _import_mobile_sam()
+    from mobile_sam.build_sam import build_sam_vit_t
+
+    torch.manual_seed(0)
+    ref = build_sam_vit_t(checkpoint=None)
+    ref.train()  # its attention caches the gathered bias when put in eval mode
+    _randomize(ref, seed=seed)
+    return ref.eval()
+
+
+def test_vit_t_predictor_matches_mobile_sam(one_torch_thread, tmp_path):
+    """mobile_sam.pt's layout loads strictly through build_sam, and our predictor equals
+    MobileSAM's on the same random weights: embedding, low-res logits, IoU, masks."""
+    from parity_helpers import astronaut_image, mask_iou
+
+    from src_core import SamPredictor, build_sam
+    from mobile_sam import SamPredictor as RefPredictor
+
+    ref = _mobile_sam_with_random_weights(seed=77)
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(ref.state_dict(), path)  # MobileSAM's released layout: a bare state dict
+    ours = build_sam("vit_t", checkpoint=path, device="cpu", dtype="float32")
+    assert type(ours.image_encoder).__name__ == "TinyViT"
+    assert set(ours.state_dict()) == set(ref.state_dict())
+
+    image = astronaut_image(300, 500)
+    ref_predictor, our_predictor = RefPredictor(ref), SamPredictor(ours)
+    with torch.no_grad():
+        ref_predictor.set_image(image)
+        our_predictor.set_image(image)
+    expected, got = ref_predictor.features, our_predictor.features
+    assert got.shape == expected.shape == (1, 256, 64, 64)
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+    prompts = [
+        {"point_coords": np.array([[250.0, 150.0]]), "point_labels": np.array([1]), "multimask_output": True},
+        {"point_coords": np.array([[100.0, 80.0], [400.0, 200.0]]), "point_labels": np.array([1, 0]),
+         "box": np.array([40.0, 30.0, 460.0, 280.0]), "multimask_output": False},
+    ]
+    for prompt in prompts:
+        ref_masks, ref_iou, ref_low = ref_predictor.predict(**prompt)
+        masks, iou, low = our_predictor.predict(**prompt)
+        assert masks.shape == ref_masks.shape and low.shape == ref_low.shape
+        scale = np.abs(ref_low).max()
+        assert np.abs(low - ref_low).max() <= 1e-3 * scale
+        assert np.abs(iou - ref_iou).max() <= 1e-4
+        for ours_mask, ref_mask in zip(masks, ref_masks):
+            assert mask_iou(ours_mask, ref_mask) >= 0.999

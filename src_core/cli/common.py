@@ -273,7 +273,7 @@ def check_not_blank(image: Any, name: Any) -> None:
 
 def check_model_name(name: str, *, sam2: bool = False) -> str:
     """``name`` if the registry knows it (SAM 2.1's too with ``sam2``), else a UsageError listing the names."""
-    known = list(checkpoints.CHECKPOINTS)  # looked up now: tests may swap the registry
+    known = list(checkpoints.sam_checkpoints())  # looked up now: tests may swap the registry
     if sam2:
         known += list(checkpoints.SAM2_CHECKPOINTS)
     if name not in known:
@@ -288,8 +288,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--checkpoint``, ``--no-download``, ``--device`` and ``--dtype``."""
     parser.add_argument(
         "--model", default=None, metavar="NAME",
-        help="vit_b, vit_l, vit_h or vit_tiny (default: inferred from --checkpoint, else a "
-        "cached official model, else the built-in vit_tiny)",
+        help="vit_b, vit_l, vit_h, vit_t, a microscopy model (vit_b_lm, ...: see 'napari-sam "
+        "models') or vit_tiny (default: inferred from --checkpoint, else a cached published "
+        "model, else the built-in vit_tiny)",
     )
     parser.add_argument(
         "--checkpoint", default=None, metavar="FILE",
@@ -308,7 +309,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_model(args: argparse.Namespace) -> Any:
     """The SAM model the arguments of :func:`add_model_arguments` name (downloaded if needed)."""
     from ..checkpoints import load_state_dict
-    from ..model.build import build_sam, infer_model_type
+    from ..model.build import build_sam, describe_state_dict, infer_model_type
 
     checkpoint: Any = args.checkpoint
     model = args.model
@@ -320,8 +321,8 @@ def build_model(args: argparse.Namespace) -> Any:
             model = infer_model_type(checkpoint)
             if model is None:
                 raise UsageError(
-                    f"{args.checkpoint} does not look like a vit_b, vit_l, vit_h or vit_tiny SAM "
-                    "checkpoint; pass --model if it is one"
+                    f"{args.checkpoint} does not look like a vit_b, vit_l, vit_h, vit_t or vit_tiny "
+                    f"SAM checkpoint (it holds {describe_state_dict(checkpoint)}); pass --model if it is one"
                 )
         model = model or checkpoints.default_model_type()
         status(f"loading the {model} model...")
@@ -351,8 +352,9 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
     from ..model.build import MODEL_CONFIGS
 
     model = args.model
-    if model is not None and model not in MODEL_CONFIGS:
-        raise UsageError(f"unknown model {model!r}; expected one of {', '.join(MODEL_CONFIGS)}")
+    known = [*MODEL_CONFIGS, *(name for name in checkpoints.sam_checkpoints() if name not in MODEL_CONFIGS)]
+    if model is not None and model not in known:
+        raise UsageError(f"unknown model {model!r}; expected one of {', '.join(known)}")
     if args.checkpoint is not None:
         path = Path(args.checkpoint).expanduser().resolve()  # workers may run elsewhere
         if not path.is_file():

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,7 +17,11 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
+from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
+
+if TYPE_CHECKING:
+    from ..checkpoints import CheckpointInfo
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,23 @@ class SamConfig:
     prompt_embed_dim: int = 256
 
 
-MODEL_CONFIGS: Mapping[str, SamConfig] = MappingProxyType(
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """Geometry of a MobileSAM-style model: a TinyViT image encoder (see
+    :class:`~src_core.model.tiny_vit.TinyViT`) with SAM's prompt encoder and decoder.
+    The defaults are MobileSAM's vit_t."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    image_size: int = 1024
+    prompt_embed_dim: int = 256
+    # TinyViT's tokens end at 1/16 of the input, like SAM's 16-pixel patches
+    patch_size: int = 16
+
+
+MODEL_CONFIGS: Mapping[str, SamConfig | TinyViTConfig] = MappingProxyType(
     {
         "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
         "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
@@ -44,29 +65,44 @@ MODEL_CONFIGS: Mapping[str, SamConfig] = MappingProxyType(
         # a small fraction of vit_b's cost. Checkpoints of the 256-px version still load, at
         # their own size (config_for_weights).
         "vit_tiny": SamConfig(192, 6, 3, (2, 5), image_size=512, patch_size=16, window_size=8),
+        # MobileSAM (and micro-sam's vit_t_* fine-tunes of it): TinyViT-5M at 1024 px
+        "vit_t": TinyViTConfig(),
     }
 )
 
 
-def build_sam_from_config(config: SamConfig) -> Sam:
+def _image_encoder(config: SamConfig | TinyViTConfig) -> nn.Module:
+    if isinstance(config, TinyViTConfig):
+        return TinyViT(
+            img_size=config.image_size,
+            embed_dims=config.embed_dims,
+            depths=config.depths,
+            num_heads=config.num_heads,
+            window_sizes=config.window_sizes,
+            out_chans=config.prompt_embed_dim,
+        )
+    return ImageEncoderViT(
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=4.0,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.encoder_global_attn_indexes,
+    )
+
+
+def build_sam_from_config(config: SamConfig | TinyViTConfig) -> Sam:
     """A SAM model with freshly initialized (untrained) weights, in eval mode."""
     embedding_size = config.image_size // config.patch_size
     dim = config.prompt_embed_dim
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            embed_dim=config.encoder_embed_dim,
-            depth=config.encoder_depth,
-            num_heads=config.encoder_num_heads,
-            mlp_ratio=4.0,
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=config.window_size,
-            global_attn_indexes=config.encoder_global_attn_indexes,
-        ),
+        image_encoder=_image_encoder(config),
         prompt_encoder=PromptEncoder(
             embed_dim=dim,
             image_embedding_size=(embedding_size, embedding_size),
@@ -84,23 +120,77 @@ def build_sam_from_config(config: SamConfig) -> Sam:
     return sam.eval()
 
 
+# Top-level modules of micro-sam's instance-segmentation decoder (torch_em's UNETR
+# without its encoder): what its ``*_decoder`` files and ``"decoder_state"`` hold.
+_MICROSAM_DECODER_PARTS = frozenset(
+    {"decoder", "base", "out_conv", "deconv_out", "decoder_head", "deconv1", "deconv2", "deconv3", "deconv4"}
+)
+
+
+def is_microsam_decoder(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state_dict`` is micro-sam's instance-segmentation decoder alone."""
+    parts = {k.split(".")[0] for k in state_dict}
+    return bool(parts) and parts <= _MICROSAM_DECODER_PARTS and "decoder_head" in parts
+
+
+def _tiny_vit_geometry(state_dict: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(stage widths, stage depths) of a TinyViT image encoder in ``state_dict``, else None."""
+    if "image_encoder.patch_embed.seq.0.c.weight" not in state_dict:
+        return None
+    widths, depths = [], []
+    for stage in range(8):
+        prefix = f"image_encoder.layers.{stage}.blocks."
+        blocks = {k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)}
+        if not blocks:
+            break
+        depths.append(len(blocks))
+        first = state_dict.get(f"{prefix}0.conv1.c.weight", state_dict.get(f"{prefix}0.attn.norm.weight"))
+        widths.append(int(first.shape[1] if first is not None and first.ndim == 4 else
+                          first.shape[0] if first is not None else 0))
+    return tuple(widths), tuple(depths)
+
+
 def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A short human description of the encoder geometry a state dict holds."""
+    """What a state dict holds, in words (its image encoder's kind and geometry)."""
+    if is_microsam_decoder(state_dict):
+        return (
+            "micro-sam's instance-segmentation decoder only (a '*_decoder' file: UNETR decoder "
+            "layers, no SAM image encoder, prompt encoder or mask decoder)"
+        )
+    if any(k.startswith("image_encoder.trunk.") for k in state_dict):
+        return "a SAM 2 model (a Hiera image encoder): load it with build_sam2"
+    tiny = _tiny_vit_geometry(state_dict)
+    if tiny is not None:
+        found = infer_model_type(state_dict)
+        named = f" (model type {found!r})" if found else ""
+        return f"MobileSAM's TinyViT image encoder{named}, stages {tiny[0]} wide and {tiny[1]} blocks deep"
     pos = state_dict.get("image_encoder.pos_embed")
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     if pos is None:
-        return "no SAM image encoder (key 'image_encoder.pos_embed' is missing)"
-    return f"an image encoder {pos.shape[-1]} wide and {depth} blocks deep"
+        sample = sorted(state_dict)[:3]
+        return f"no SAM image encoder ({len(state_dict)} tensors, e.g. {sample})"
+    return f"a ViT image encoder {pos.shape[-1]} wide and {depth} blocks deep"
 
 
 def infer_model_type(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The registry name whose geometry matches ``state_dict``, or None."""
+    """The model type (a key of :data:`MODEL_CONFIGS`) whose geometry matches
+    ``state_dict``, or None."""
+    tiny = _tiny_vit_geometry(state_dict)
+    if tiny is not None:
+        for name, config in MODEL_CONFIGS.items():
+            if isinstance(config, TinyViTConfig) and tiny == (config.embed_dims, config.depths):
+                return name
+        return None
     pos = state_dict.get("image_encoder.pos_embed")
     if pos is None:
         return None
     depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
     for name, config in MODEL_CONFIGS.items():
-        if pos.shape[-1] == config.encoder_embed_dim and depth == config.encoder_depth:
+        if (
+            isinstance(config, SamConfig)
+            and pos.shape[-1] == config.encoder_embed_dim
+            and depth == config.encoder_depth
+        ):
             return name
     return None
 
@@ -164,11 +254,9 @@ def load_weights(sam: Sam, state_dict: Mapping[str, torch.Tensor], model_type: s
     )
     if missing or unexpected or wrong_shape:
         found = infer_model_type(state_dict)
-        hint = (
-            f"its keys match model type {found!r}: use model_type={found!r}"
-            if found is not None and found != model_type
-            else f"it holds {describe_state_dict(state_dict)}"
-        )
+        hint = f"it holds {describe_state_dict(state_dict)}"
+        if found is not None and found != model_type:
+            hint += f"; its keys match model type {found!r}: use model_type={found!r}"
         details = []
         if missing:
             details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
@@ -198,13 +286,18 @@ def build_sam(
     ----------
     model_type : str
         "vit_b", "vit_l" or "vit_h" ("default" means "vit_h", as in Meta's package),
+        "vit_t" (MobileSAM), a microscopy model of micro-sam ("vit_b_lm",
+        "vit_t_em_organelles", ...: see ``src_core.checkpoints.MICROSCOPY_CHECKPOINTS``),
         "vit_tiny" (napari-sam's small built-in model), or "auto" to read it from
         ``checkpoint``.
     checkpoint : path, state dict or None
-        A local checkpoint file (official or fine-tuned), an already loaded state dict,
-        or None for the official file of ``model_type`` from the cache (downloaded,
-        verified, if missing and ``download`` is True); for "vit_tiny", the file
-        that ships in the package.
+        A local checkpoint file (published or fine-tuned, in Meta's, MobileSAM's or
+        micro-sam's layout), an already loaded state dict, or None for the published
+        file of ``model_type`` from the cache (downloaded, verified, if missing and
+        ``download`` is True); for "vit_tiny", the file that ships in the package.
+        A local file that is a published one (by its xxh128) must be named by its own
+        model type (or "auto"); a file of micro-sam's instance-segmentation decoder
+        alone is refused.
     device : str or torch.device or None
         None or "auto" picks cuda > mps > cpu.
     dtype : str or torch.dtype or None
@@ -220,15 +313,20 @@ def build_sam(
     Sam
         The model in eval mode on ``device``.
     """
-    from ..checkpoints import CHECKPOINTS, load_state_dict, resolve_checkpoint
+    from ..checkpoints import (
+        identify_checkpoint,
+        load_state_dict,
+        resolve_checkpoint,
+        sam_checkpoints,
+    )
 
+    registry = sam_checkpoints()
     model_type = "vit_h" if model_type == "default" else model_type
     if model_type == "auto" and checkpoint is None:
         raise ValueError("model_type='auto' needs a checkpoint to read the model type from")
-    if model_type not in MODEL_CONFIGS and model_type != "auto":
-        raise ValueError(
-            f"unknown model type {model_type!r}: expected one of {sorted(MODEL_CONFIGS)} or 'auto'"
-        )
+    if model_type not in MODEL_CONFIGS and model_type not in registry and model_type != "auto":
+        known = sorted({*MODEL_CONFIGS, *registry})
+        raise ValueError(f"unknown model type {model_type!r}: expected one of {known} or 'auto'")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     weights_id = None
@@ -238,7 +336,22 @@ def build_sam(
         path = resolve_checkpoint(
             "vit_b" if model_type == "auto" else model_type, checkpoint, download=download, progress=progress
         )
-        state_dict, source = load_state_dict(path), str(path)
+        source = str(path)
+        published = identify_checkpoint(path) if checkpoint is not None else registry.get(model_type)
+        if checkpoint is not None and published is not None:
+            if model_type not in ("auto", published.name):
+                raise ValueError(
+                    f"checkpoint {source} is {_published_as(published)}, not {model_type!r}: "
+                    f"use model_type={published.name!r} (or 'auto')"
+                )
+            model_type = published.name
+        state_dict = load_state_dict(path)
+    if is_microsam_decoder(state_dict):
+        raise ValueError(
+            f"checkpoint {source} is not a SAM model: it holds {describe_state_dict(state_dict)}. "
+            "Load the model file it belongs with (for vit_b_lm_decoder, vit_b_lm); napari-sam "
+            "does not run micro-sam's decoder yet"
+        )
     if model_type == "auto":
         model_type = infer_model_type(state_dict)
         if model_type is None:
@@ -246,10 +359,12 @@ def build_sam(
                 f"checkpoint {source} is not a known SAM model: it holds "
                 f"{describe_state_dict(state_dict)}"
             )
+    architecture = registry[model_type].model_type if model_type in registry else model_type
     if not isinstance(checkpoint, Mapping):
-        weights_id = _weights_id(model_type, path, official=checkpoint is None and model_type in CHECKPOINTS)
-    sam = build_sam_from_config(config_for_weights(MODEL_CONFIGS[model_type], state_dict))
-    load_weights(sam, state_dict, model_type, source)
+        weights_id = _weights_id(model_type, path, published)
+    sam = build_sam_from_config(config_for_weights(MODEL_CONFIGS[architecture], state_dict))
+    label = model_type if architecture == model_type else f"{model_type} ({architecture})"
+    load_weights(sam, state_dict, label, source)
     # names these weights for caches of their outputs (embeddings); None: don't cache
     sam.weights_id = weights_id
     sam.to(torch_device)
@@ -257,15 +372,21 @@ def build_sam(
     return sam.eval()
 
 
-def _weights_id(model_type: str, path: os.PathLike, official: bool) -> str:
-    """A cheap identity of a checkpoint file: the registry hash for official files,
-    else the file's absolute path, size and modification time."""
+def _published_as(info: CheckpointInfo) -> str:
+    """"micro-sam's vit_b_lm (light microscopy ...)" for a registry entry."""
+    who = {"microscopy": "micro-sam's ", "small": "MobileSAM's ", "meta": "Meta's "}.get(info.group, "")
+    return f"{who}{info.name} ({info.summary})" if info.summary else f"{who}{info.name}"
+
+
+def _weights_id(model_type: str, path: os.PathLike, published: CheckpointInfo | None) -> str:
+    """A cheap identity of a checkpoint file: the published checksum for a registry
+    file that has one, else the file's absolute path, size and modification time."""
     import hashlib
 
-    from ..checkpoints import CHECKPOINTS
-
-    if official:
-        return f"{model_type}-sha256-{CHECKPOINTS[model_type].sha256[:16]}"
+    checksum = published.checksum if published is not None else None
+    if checksum is not None:
+        kind, digest = checksum
+        return f"{published.name}-{kind}-{digest[:16]}"
     stat = os.stat(path)
     token = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     return f"{model_type}-file-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
@@ -290,5 +411,6 @@ sam_model_registry: Mapping[str, Callable[..., Sam]] = MappingProxyType(
         "vit_h": _registry_builder("vit_h"),
         "vit_l": _registry_builder("vit_l"),
         "vit_b": _registry_builder("vit_b"),
+        "vit_t": _registry_builder("vit_t"),  # as MobileSAM's registry names it
     }
 )

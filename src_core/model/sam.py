@@ -12,10 +12,15 @@ from torch import nn
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
 
 
 class Sam(nn.Module):
     """Image encoder + prompt encoder + mask decoder, with SAM's pre/post-processing.
+
+    The image encoder is SAM's ViT or MobileSAM's TinyViT: both map the padded,
+    normalized image to a (B, 256, 64, 64) embedding (at 1024 px) and take the
+    same ``should_stop`` check.
 
     The image encoder may run in a lower precision (``encoder_dtype``); its output,
     the prompt encoder and the mask decoder stay in float32.
@@ -29,7 +34,7 @@ class Sam(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: ImageEncoderViT | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
@@ -49,7 +54,7 @@ class Sam(nn.Module):
     @property
     def encoder_dtype(self) -> torch.dtype:
         """Precision the image encoder computes in."""
-        return self.image_encoder.patch_embed.proj.weight.dtype
+        return next(self.image_encoder.parameters()).dtype
 
     def set_encoder_dtype(self, dtype: torch.dtype) -> "Sam":
         """Run the image encoder in ``dtype`` (float32 or bfloat16); returns self."""

@@ -143,6 +143,12 @@ class Trainer:
     def __init__(self, model: Sam, source: Any, config: TrainConfig, output: str | os.PathLike | None = None) -> None:
         if len(source) == 0:
             raise ValueError("the training data is empty: give at least one image with labels")
+        if not hasattr(model.image_encoder, "blocks"):
+            raise ValueError(
+                "fine-tuning needs a ViT image encoder (vit_b, vit_l, vit_h, vit_tiny or micro-sam's "
+                "vit_b/l/h models); MobileSAM's TinyViT (vit_t and micro-sam's vit_t_* models) "
+                "cannot be fine-tuned by napari-sam yet"
+            )
         if not 0.0 <= config.jitter_probability <= 1.0:
             raise ValueError(f"jitter_probability is a share of the samples, 0 to 1; got {config.jitter_probability}")
         if config.correction_rounds < 0:
