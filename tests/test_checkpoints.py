@@ -271,6 +271,33 @@ def test_unknown_size_is_verified_by_sha256_and_resumes(server, blob, tmp_path):
     assert not (tmp_path / "clip" / "w2.pt").exists() and not (tmp_path / "clip" / "w2.pt.part").exists()
 
 
+def test_xxh128_entry_is_verified_resumed_and_rechecked(server, blob, tmp_path):
+    """micro-sam's files: no size, an xxh128 digest; cached under the entry's own file name."""
+    import xxhash
+
+    digest = xxhash.xxh128(blob).hexdigest()
+    entry = CheckpointInfo("vit_b_lm", url_of(server, "vit_b.pt"), None, None, xxh128=digest,
+                           file="vit_b_lm.pt", architecture="vit_b", group="microscopy")
+    assert entry.checksum == ("xxh128", digest)
+    server.state.mode = "truncate"
+    server.state.truncate_at = 120_000
+    with pytest.raises(RuntimeError, match="interrupted"):
+        download_checkpoint(entry, cache=tmp_path, chunk_size=CHUNK)
+    server.state.mode = "ok"
+    path = download_checkpoint(entry, cache=tmp_path, chunk_size=CHUNK)
+    assert path == tmp_path / "checkpoints" / "vit_b_lm.pt" and path.read_bytes() == blob
+    assert server.state.requests[-1][1] == "bytes=120000-"
+    assert checkpoints.file_digest(path, "xxh128") == digest
+    # a damaged file in the cache fails its xxh128 and is fetched again
+    path.write_bytes(b"\0" + blob[1:])
+    assert download_checkpoint(entry, cache=tmp_path, chunk_size=CHUNK).read_bytes() == blob
+    server.state.mode = "wrong"
+    bad = CheckpointInfo("vit_b_lm", url_of(server, "vit_b.pt"), None, None, xxh128=digest, file="other.pt")
+    with pytest.raises(RuntimeError, match=f"expected xxh128 {digest}, got"):
+        download_checkpoint(bad, cache=tmp_path, chunk_size=CHUNK)
+    assert not (tmp_path / "checkpoints" / "other.pt").exists()
+
+
 def test_download_url_override(server, blob, tmp_path):
     entry = CheckpointInfo(
         "fake", "https://example.invalid/models/real_name.pth", len(blob),
@@ -471,8 +498,11 @@ def _assert_weights(state):
         lambda w: {"state_dict": w, "optimizer": {"lr": 0.1}},
         lambda w: {f"module.{k}": v for k, v in w.items()},
         lambda w: {"model": {f"module.{k}": v for k, v in w.items()}},
+        # micro-sam: an export with its decoder, and a training checkpoint (SAM under .sam)
+        lambda w: {"model_state": w, "decoder_state": {"out_conv.weight": torch.ones(3, 64, 1, 1)}},
+        lambda w: {"model_state": {f"sam.{k}": v for k, v in w.items()}, "optimizer_state": {}, "epoch": 2},
     ],
-    ids=["bare", "model", "state_dict", "module_prefix", "nested_prefix"],
+    ids=["bare", "model", "state_dict", "module_prefix", "nested_prefix", "microsam_export", "microsam_training"],
 )
 def test_load_state_dict_layouts(tmp_path, wrap):
     path = tmp_path / "w.pth"

@@ -321,6 +321,46 @@ def test_download_into_cache(capsys, cache, monkeypatch, blob_server):
     assert code == 0 and out.strip() == str(path) and "already cached" in err
 
 
+def test_download_each_microscopy_and_small_model(capsys, cache, monkeypatch, blob_server):
+    """`napari-sam download NAME` for micro-sam's models (xxh128-verified) and MobileSAM's
+    vit_t (no published checksum), each into its own file; `models` then says cached."""
+    import dataclasses
+
+    import xxhash
+
+    host, port = blob_server.server_address[:2]
+    url = f"http://{host}:{port}/{VIT_B_FILE}"
+    digest = xxhash.xxh128(blob_server.blob).hexdigest()
+    microscopy = {name: dataclasses.replace(info, url=url, xxh128=digest)
+                  for name, info in checkpoints.MICROSCOPY_CHECKPOINTS.items()}
+    small = {name: dataclasses.replace(info, url=url) for name, info in checkpoints.SMALL_CHECKPOINTS.items()}
+    monkeypatch.setattr(checkpoints, "MICROSCOPY_CHECKPOINTS", microscopy)
+    monkeypatch.setattr(checkpoints, "SMALL_CHECKPOINTS", small)
+    paths = set()
+    for name in [*microscopy, *small]:
+        code, out, err = run_cli(capsys, "download", name)
+        assert code == 0, err
+        path = Path(out.strip())
+        assert path == checkpoints.checkpoint_path(name) and path.read_bytes() == blob_server.blob
+        paths.add(path)
+    assert len(paths) == len(microscopy) + len(small)
+    code, out, _ = run_cli(capsys, "models")
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip() and not ln.startswith("--")}
+    assert " yes " in lines["vit_b_lm"] and "about 375 MB" in lines["vit_b_lm"]
+    assert " yes " in lines["vit_t"] and "about 40 MB" in lines["vit_t"]
+    assert "light microscopy" in lines["vit_b_lm"] and "MobileSAM" in lines["vit_t"]
+    assert "-- microscopy fine-tunes (micro-sam) --" in out and "-- small and fast --" in out
+    assert "default model: vit_b_lm" in out  # no Meta model cached: micro-sam's default first
+
+    # a damaged copy on the server is refused by its xxh128 (and not cached)
+    bad = dict(microscopy, vit_l_lm=dataclasses.replace(microscopy["vit_l_lm"], xxh128="0" * 32))
+    monkeypatch.setattr(checkpoints, "MICROSCOPY_CHECKPOINTS", bad)
+    checkpoints.checkpoint_path("vit_l_lm").unlink()
+    code, _, err = run_cli(capsys, "download", "vit_l_lm")
+    assert_user_error(code, err, "corrupt", "expected xxh128")
+    assert not checkpoints.checkpoint_path("vit_l_lm").exists()
+
+
 def test_download_url_override_and_errors(capsys, cache, monkeypatch, blob_server):
     host, port = blob_server.server_address[:2]
     info = _blob_info(blob_server.blob, closed_port_url())

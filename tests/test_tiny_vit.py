@@ -144,10 +144,10 @@ def _mobile_sam_with_random_weights(seed: int):
 def test_vit_t_predictor_matches_mobile_sam(one_torch_thread, tmp_path):
     """mobile_sam.pt's layout loads strictly through build_sam, and our predictor equals
     MobileSAM's on the same random weights: embedding, low-res logits, IoU, masks."""
+    from mobile_sam import SamPredictor as RefPredictor
     from parity_helpers import astronaut_image, mask_iou
 
     from src_core import SamPredictor, build_sam
-    from mobile_sam import SamPredictor as RefPredictor
 
     ref = _mobile_sam_with_random_weights(seed=77)
     path = tmp_path / "mobile_sam.pt"
