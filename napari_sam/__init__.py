@@ -22,10 +22,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _ENGINE_EXPORTS = (
     "CHECKPOINTS",
     "SAM2ImagePredictor",
+    "SAM2VideoPredictor",
     "SAM2_CHECKPOINTS",
     "SamPredictor",
     "build_sam",
     "build_sam2",
+    "build_sam2_video_predictor",
     "download_checkpoint",
     "load_state_dict",
     "sam_model_registry",

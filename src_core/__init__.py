@@ -32,6 +32,8 @@ _EXPORTS = {
     "build_sam2": "src_core.model.sam2.build",
     "SAM2ImagePredictor": "src_core.sam2_predictor",
     "SAM2_CHECKPOINTS": "src_core.checkpoints",
+    "SAM2VideoPredictor": "src_core.sam2_video",
+    "build_sam2_video_predictor": "src_core.sam2_video",
 }
 
 __all__ = sorted(_EXPORTS)

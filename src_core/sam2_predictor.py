@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .preprocess import to_rgb
 
-__all__ = ["SAM2ImagePredictor"]
+__all__ = ["SAM2ImagePredictor", "fill_small_regions"]
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -58,10 +58,13 @@ def _image_array(image: Any, **rgb_options: Any) -> np.ndarray:
     return to_rgb(image, **{k: v for k, v in rgb_options.items() if v is not None})
 
 
-def _fill_small_regions(logits: torch.Tensor, threshold: float, max_area: float, holes: bool) -> torch.Tensor:
+def fill_small_regions(
+    logits: torch.Tensor, threshold: float, max_area: float, holes: bool, value: float | None = None
+) -> torch.Tensor:
     """Meta's hole filling (``holes``) or sprinkle removal on (B, C, h, w) logits:
     8-connected regions of background (or foreground) of at most ``max_area`` pixels
-    get the score ``threshold + 10`` (or ``threshold - 10``). Not
+    get the score ``value``, by default ``threshold + 10`` (or ``threshold - 10``; Meta's
+    video predictor fills holes with 0.1). Not
     :func:`src_core.automatic.remove_small_regions`: SAM 1's rule differs (strictly
     smaller, and the largest island is always kept) and works on binary masks."""
     from scipy import ndimage
@@ -76,7 +79,8 @@ def _fill_small_regions(logits: torch.Tensor, threshold: float, max_area: float,
             areas = np.bincount(labels.ravel())
             small[i] = (labels > 0) & (areas[labels] <= max_area)
     small_t = torch.from_numpy(small).to(logits.device).reshape(logits.shape)
-    value = threshold + 10.0 if holes else threshold - 10.0
+    if value is None:
+        value = threshold + 10.0 if holes else threshold - 10.0
     return torch.where(small_t, torch.full_like(logits, value), logits)
 
 
@@ -230,9 +234,9 @@ class SAM2ImagePredictor:
     def _postprocess(self, low_res: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         masks = low_res.float()
         if self.max_hole_area > 0:
-            masks = _fill_small_regions(masks, self.mask_threshold, self.max_hole_area, holes=True)
+            masks = fill_small_regions(masks, self.mask_threshold, self.max_hole_area, holes=True)
         if self.max_sprinkle_area > 0:
-            masks = _fill_small_regions(masks, self.mask_threshold, self.max_sprinkle_area, holes=False)
+            masks = fill_small_regions(masks, self.mask_threshold, self.max_sprinkle_area, holes=False)
         return F.interpolate(masks, orig_hw, mode="bilinear", align_corners=False)
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ and downloaded like SAM 1's, or a local file, loaded strictly; a file of another
 family or size is refused naming what it holds). The image predictor is
 :class:`src_core.sam2_predictor.SAM2ImagePredictor`.
 
-Not there yet: the video predictor (``build_sam2_video_predictor``).
+The video predictor is :mod:`src_core.sam2_video` (``build_sam2_video_predictor``).
 """
 
 from .build import build_sam2, describe_sam2_state_dict, infer_sam2_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -102,6 +103,7 @@ def build_sam2(
     download: bool = True,
     *,
     progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> Sam2Model:
     """A SAM 2.1 model with weights, in eval mode, as Meta's ``build_sam2`` makes it
     for the image predictor.
@@ -125,6 +127,9 @@ def build_sam2(
         Allow downloading the official checkpoint when ``checkpoint`` is None.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)`` during a download.
+    **overrides
+        :class:`~.sam2_config.Sam2ModelConfig` settings on top of the image
+        predictor's (the video predictor's builder adds its own).
 
     Raises
     ------
@@ -152,7 +157,7 @@ def build_sam2(
         path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
         state_dict, source = load_state_dict(path), str(path)
         weights_id = _weights_id(name, path, official=False)
-    model = build_sam2_model(size, **_POSTPROCESSING)
+    model = build_sam2_model(size, **{**_POSTPROCESSING, **overrides})
     _load_strictly(model, state_dict, size, source)
     model.weights_id = weights_id  # names these weights for caches of their outputs
     return model.to(torch_device).eval()
