@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QStandardItem, QStandardItemModel
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QStyledItemDelegate,
+    QWidget,
+)
+
+#: Item data role holding a model's one-line summary (a group title has none).
+SUMMARY_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 @dataclass(frozen=True)
@@ -32,25 +46,77 @@ def load_predictor(choice: ModelChoice):
 
 def weights_hint(model_type: str) -> str:
     """What the user needs to know about the weights before loading them."""
-    from src_core.checkpoints import CHECKPOINTS, EMBEDDED_MODEL, cached_checkpoint, checkpoint_path
+    from src_core.checkpoints import (
+        EMBEDDED_MODEL,
+        cached_checkpoint,
+        checkpoint_info,
+        checkpoint_path,
+        size_estimate,
+    )
 
     if model_type == EMBEDDED_MODEL:
         return (
             f"{EMBEDDED_MODEL} is napari-sam's small built-in model (offline, 16 MB), "
             "trained by the project on synthetic microscopy-like images. It is not Meta's "
             "SAM and is much less accurate (rough masks, often merging neighbours): for "
-            "the official models choose vit_b/vit_l/vit_h (downloaded once, or "
-            "`napari-sam download vit_b`)."
+            "the official models choose vit_b/vit_l/vit_h, for microscopy vit_b_lm and the "
+            "other micro-sam models (downloaded once, or `napari-sam download vit_b`)."
         )
+    info = checkpoint_info(model_type)
+    what = f"{model_type}: {info.summary}. " if info.summary else ""
+    kind = "Official" if info.group == "meta" else "Published"
     if cached_checkpoint(model_type) is not None:
-        return f"Official {model_type} weights are cached: press Load model."
-    info = CHECKPOINTS[model_type]
+        return f"{what}{kind} {model_type} weights are cached: press Load model."
+    size = size_estimate(info)
+    amount = "" if size is None else f" ({'' if info.size else 'about '}{size / 1e6:.0f} MB)"
     return (
-        f"No official {model_type} weights cached yet. Load model downloads them "
-        f"({info.size / 1e6:.0f} MB). Offline: put {info.filename} at "
-        f"{checkpoint_path(model_type)} (or run `napari-sam download {model_type}` where "
-        "there is network)."
+        f"{what}No {kind.lower()} {model_type} weights cached yet. Load model downloads "
+        f"them{amount}. Offline: put {info.filename} at {checkpoint_path(model_type)} (or run "
+        f"`napari-sam download {model_type}` where there is network)."
     )
+
+
+class _SummaryDelegate(QStyledItemDelegate):
+    """The open list shows each model with its one line; the closed box, the name alone."""
+
+    def initStyleOption(self, option, index) -> None:
+        super().initStyleOption(option, index)
+        summary = index.data(SUMMARY_ROLE)
+        if summary:
+            option.text = f"{option.text}  -  {summary}"
+        elif not index.flags() & Qt.ItemFlag.ItemIsSelectable:  # a group's title
+            option.font.setBold(True)
+
+
+def fill_model_box(box: QComboBox) -> None:
+    """The models by group (Meta's SAM, microscopy fine-tunes, small and fast, built-in):
+    a bold title that cannot be chosen, then each model's name with its one line."""
+    from src_core.checkpoints import model_groups
+
+    model = QStandardItemModel(box)
+    for group in model_groups():
+        title = QStandardItem(group.title)
+        title.setFlags(Qt.ItemFlag.NoItemFlags)
+        model.appendRow(title)
+        for name, summary in group.models:
+            item = QStandardItem(name)
+            item.setData(summary, SUMMARY_ROLE)
+            item.setToolTip(summary)
+            model.appendRow(item)
+    box.setModel(model)
+    box.setItemDelegate(_SummaryDelegate(box))
+
+    def skip_titles(index: int) -> None:
+        # a title cannot be clicked, but code (or the keyboard) may still land on one
+        item = model.item(index)
+        if item is not None and not item.isSelectable():
+            box.setCurrentIndex(index + 1)  # every title is followed by a model
+
+    box.currentIndexChanged.connect(skip_titles)
+    # the closed box is as wide as the longest name; the open list as its longest line
+    box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+    box.view().setTextElideMode(Qt.TextElideMode.ElideNone)
+    box.view().setMinimumWidth(box.view().sizeHintForColumn(0))
 
 
 class ModelPanel(QWidget):
@@ -61,10 +127,10 @@ class ModelPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         self.model_box = QComboBox()
-        from src_core.checkpoints import EMBEDDED_MODEL, default_model_type
+        from src_core.checkpoints import default_model_type
 
-        self.model_box.addItems([EMBEDDED_MODEL, "vit_b", "vit_l", "vit_h"])
-        # an official model already in the cache, else the built-in one
+        fill_model_box(self.model_box)
+        # a published model already in the cache (Meta's, then micro-sam's), else the built-in one
         self.model_box.setCurrentText(default_model_type())
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("official weights (or a local .pth file)")
