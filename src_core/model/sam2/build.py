@@ -156,7 +156,7 @@ def build_sam2(
     else:
         path = resolve_checkpoint(name, checkpoint, download=download, progress=progress)
         state_dict, source = load_state_dict(path), str(path)
-        weights_id = _weights_id(name, path, official=False)
+        weights_id = _weights_id(name, path, None)  # Meta publishes no checksum
     model = build_sam2_model(size, **{**_POSTPROCESSING, **overrides})
     _load_strictly(model, state_dict, size, source)
     model.weights_id = weights_id  # names these weights for caches of their outputs
