@@ -210,3 +210,28 @@ def test_vit_t_cannot_be_fine_tuned_yet():
     model = build_sam_from_config(MODEL_CONFIGS["vit_t"])
     with pytest.raises(ValueError, match="TinyViT.*cannot be fine-tuned"):
         Trainer(model, [object()], TrainConfig())
+
+
+def test_train_command_names_microscopy_models(cache, tmp_path, capsys):
+    """`napari-sam train --from vit_t_lm` finds micro-sam's cached file by its name, and
+    says why a TinyViT model cannot be fine-tuned (one line, no traceback)."""
+    import numpy as np
+    import tifffile
+
+    from src_core.cli import main
+
+    path = checkpoint_path("vit_t_lm")
+    path.parent.mkdir(parents=True)
+    torch.save(random_state("vit_t", seed=2), path)
+    data = tmp_path / "data"
+    data.mkdir()
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 10:30] = 1
+    tifffile.imwrite(data / "a.tif", (labels * 200).astype(np.uint8))
+    tifffile.imwrite(data / "a_labels.tif", labels)
+    code = main(["train", str(data), "-o", str(tmp_path / "tuned.pth"), "--from", "vit_t_lm",
+                 "--steps", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be fine-tuned" in err and "Traceback" not in err
+    code = main(["train", str(data), "-o", str(tmp_path / "tuned.pth"), "--from", "vit_q_lm"])
+    assert code == 2 and "neither a model type" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import checkpoints
 from .common import (
     ENGINE_ERRORS,
     ProgressBar,
@@ -109,10 +110,12 @@ def _model(args: argparse.Namespace) -> Any:
         if start not in MODEL_CONFIGS:
             raise UsageError(f"--scratch needs a model type as --from ({', '.join(MODEL_CONFIGS)}), got {start!r}")
         return build_sam_from_config(MODEL_CONFIGS[start]).to(device)
-    if start not in MODEL_CONFIGS and not Path(start).is_file():
-        raise UsageError(f"--from {start!r} is neither a model type ({', '.join(MODEL_CONFIGS)}) nor a file")
+    named = start in MODEL_CONFIGS or start in checkpoints.sam_checkpoints()  # vit_b_lm too
+    if not named and not Path(start).is_file():
+        raise UsageError(f"--from {start!r} is neither a model type ({', '.join(MODEL_CONFIGS)}, or a "
+                         "model 'napari-sam models' lists) nor a file")
     weights = argparse.Namespace(
-        model=start if start in MODEL_CONFIGS else None, checkpoint=None if start in MODEL_CONFIGS else start,
+        model=start if named else None, checkpoint=None if named else start,
         device=str(device), dtype=None, no_download=False,
     )
     return build_model(weights)
