@@ -15,7 +15,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from _common import best_time, machine
 
 from src_core.model.build import MODEL_CONFIGS, build_sam_from_config
