@@ -91,6 +91,7 @@ REJECTION_CAUSES = {
     "not-found": "searched for, nothing was found near its predicted position",
     "not-on-key": "the user's key frame does not have it",
     "resumed": "it was lost when the interrupted run stopped",
+    "absent": "SAM 2's occlusion head says it is not on the frame (hidden or gone)",
 }
 
 
@@ -118,6 +119,7 @@ class Rejection:
             "not-found": "not found near its predicted position",
             "not-on-key": f"not on key frame {v:.0f}",
             "resumed": f"lost for {v:.0f} frames when the run resumed",
+            "absent": f"not on the frame (object score {v:.2f})",
         }[self.cause]
 
 

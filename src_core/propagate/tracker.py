@@ -37,6 +37,7 @@ from ..jobs import ShouldStop, check_stop
 from ..protocols import Predictor
 from .frames import FrameReader, FrameReadError
 from .masks import components, interior_point, mask_iou, mask_stats
+from .memory import is_video_predictor, propagate_with_memory
 from .passes import plan_passes
 from .prompts import ObjectPrompt, PromptRecipe, check_prompts, get_recipe
 from .qc import QualityControl, Rejection, judge
@@ -94,10 +95,14 @@ def propagate(
     frames : array-like
         ``(T, H, W)`` or ``(T, H, W, C)``: numpy array or memmap,
         :class:`~src_core.video.VideoFrames`, dask/zarr array, synthetic scene.
-    segmenter : SamPredictor or alike
+    segmenter : SamPredictor or alike, or SAM2VideoPredictor
         Anything with ``set_image`` and ``predict`` like
         :class:`~src_core.predictor.SamPredictor` (e.g. the stand-in of
-        :mod:`~src_core.propagate.standin`).
+        :mod:`~src_core.propagate.standin`): the SAM 1 recipe, frame by frame.
+        A :class:`~src_core.sam2_video.SAM2VideoPredictor`: SAM 2's memory
+        carries the objects (:mod:`~src_core.propagate.memory`; ``recipe``,
+        ``search_frames`` and the IoU, stability and area-jump checks of ``qc``
+        do not apply).
     prompts : sequence of ObjectPrompt
         Objects on key frames. Prompts outside ``[start, stop)`` are ignored.
     direction : {"forward", "backward", "both"}
@@ -181,6 +186,16 @@ def propagate(
             f"no prompt lies in {what}s {start} to {stop - 1} (prompts are on {what}s {frames_given}): "
             "widen the range or prompt a frame inside it"
         )
+    if is_video_predictor(segmenter):
+        if divisions:
+            raise ValueError("divisions are detected with the SAM 1 recipe only, not with SAM 2's memory")
+        if cache is not None:
+            raise ValueError("SAM 2 tracking keeps its own features: pass no embedding cache")
+        return propagate_with_memory(
+            reader, segmenter, inside, direction=direction, start=start, stop=stop,
+            qc=qc or QualityControl(), context_labels=context_labels, set_image_kwargs=set_image_kwargs,
+            key_frames={int(t) for t in key_frames}, what=what, should_stop=should_stop,
+        )  # fmt: skip
     run = _Run(
         reader, segmenter, inside, get_recipe(recipe), qc or QualityControl(), search_frames, divisions,
         context_labels, first_new_id, cache, model_id, dict(set_image_kwargs or {}),

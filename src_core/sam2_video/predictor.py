@@ -108,8 +108,8 @@ class SAM2VideoPredictor:
 
         ``offload_video_to_cpu`` and ``async_loading_frames`` are accepted for Meta's
         callers and change nothing (frames are read lazily anyway);
-        ``offload_state_to_cpu`` keeps the memory bank in CPU memory. Frame 0 is
-        encoded now, as Meta's does.
+        ``offload_state_to_cpu`` keeps the memory bank in CPU memory. Unlike Meta's,
+        no frame is encoded yet (a run may start anywhere in the video).
         """
         del offload_video_to_cpu, async_loading_frames
         if isinstance(video_path, (str, os.PathLike)) and not os.path.exists(video_path):
@@ -119,9 +119,7 @@ class SAM2VideoPredictor:
         )
         device = self.device
         storage = torch.device("cpu") if offload_state_to_cpu else device
-        state = VideoState(source, device, storage, bounded=self.bounded_memory)
-        self._features(state, 0)
-        return state
+        return VideoState(source, device, storage, bounded=self.bounded_memory)
 
     @torch.inference_mode()
     def reset_state(self, inference_state: VideoState) -> None:
@@ -307,11 +305,16 @@ class SAM2VideoPredictor:
         start_frame_idx: int | None = None,
         max_frame_num_to_track: int | None = None,
         reverse: bool = False,
+        *,
+        obj_ids: Sequence[Hashable] | None = None,
     ) -> Iterator[Result]:
         """Track every object frame by frame from ``start_frame_idx`` (default: the
         first prompted frame), forward or in ``reverse``, over at most
         ``max_frame_num_to_track`` frames after the start. Yields ``(frame index,
-        object ids, (N, 1, H, W) mask logits at the video's size)``."""
+        object ids, (N, 1, H, W) mask logits at the video's size)``.
+
+        ``obj_ids`` (not in Meta's) tracks only these objects, e.g. those prompted
+        late in a backward pass; the others keep their outputs."""
         state = inference_state
         self.propagate_in_video_preflight(state)
         if start_frame_idx is None:
@@ -326,9 +329,17 @@ class SAM2VideoPredictor:
         else:
             end = min(start + count, state.num_frames - 1)
             order = range(start, end + 1)
+        if obj_ids is None:
+            tracks = list(state)
+        else:
+            unknown = [i for i in obj_ids if i not in state.objects]
+            if unknown:
+                raise ValueError(f"no object with id {unknown[0]!r}; the objects are {state.obj_ids}")
+            tracks = [state.objects[i] for i in obj_ids]
+        ids = [t.obj_id for t in tracks]
         for frame_idx in order:
             masks = []
-            for track in state:
+            for track in tracks:
                 cond_out = track.outputs[COND].get(frame_idx)
                 if cond_out is not None:
                     pred = cond_out["pred_masks"].to(state.device)
@@ -343,7 +354,19 @@ class SAM2VideoPredictor:
                 if state.bounded:
                     track.forget_far_from(frame_idx, self.memory_window)
                 masks.append(pred)
-            yield frame_idx, state.obj_ids, self._video_res(state, torch.cat(masks, dim=0))
+            yield frame_idx, ids if obj_ids is not None else state.obj_ids, self._video_res(
+                state, torch.cat(masks, dim=0)
+            )
+
+    def object_score_logits(self, inference_state: VideoState, frame_idx: int) -> dict[Hashable, float]:
+        """Each object's occlusion-head logit on a frame it has an output for (not in
+        Meta's): above 0, the model sees the object there."""
+        scores = {}
+        for track in inference_state:
+            out = track.latest_output(frame_idx)
+            if out is not None:
+                scores[track.obj_id] = float(out["object_score_logits"].reshape(-1)[0])
+        return scores
 
     # ---- internals ----------------------------------------------------------------
 
