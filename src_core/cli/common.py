@@ -290,7 +290,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, metavar="NAME",
         help="vit_b, vit_l, vit_h, vit_t, a microscopy model (vit_b_lm, ...: see 'napari-sam "
         "models') or vit_tiny (default: inferred from --checkpoint, else a cached published "
-        "model, else the built-in vit_tiny)",
+        "model, else the built-in vit_tiny); track also takes SAM 2.1 (sam2.1_hiera_tiny, ...) "
+        "and then follows objects with its memory",
     )
     parser.add_argument(
         "--checkpoint", default=None, metavar="FILE",
@@ -328,6 +329,44 @@ def build_model(args: argparse.Namespace) -> Any:
         status(f"loading the {model} model...")
         return build_sam(
             model, checkpoint, device=args.device, dtype=args.dtype,
+            download=not args.no_download, progress=bar,
+        )
+    except ENGINE_ERRORS as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        bar.close()
+
+
+def sam2_model_name(args: argparse.Namespace) -> str | None:
+    """The SAM 2.1 model the arguments name (``--model sam2.1_hiera_*``, or a SAM 2
+    ``--checkpoint`` without ``--model``), else None (a SAM 1 model)."""
+    from ..model.sam2.build import infer_sam2_size
+
+    if args.model is not None:
+        return args.model if args.model in checkpoints.SAM2_CHECKPOINTS else None
+    if args.checkpoint is None:
+        return None
+    try:
+        state = checkpoints.load_state_dict(args.checkpoint)
+    except ENGINE_ERRORS as exc:
+        raise UsageError(str(exc)) from exc
+    if "image_encoder.trunk.pos_embed" not in state:
+        return None
+    size = infer_sam2_size(state)
+    if size is None:
+        raise UsageError(f"{args.checkpoint} holds a SAM 2 model of an unknown size")
+    return f"sam2.1_hiera_{size}"
+
+
+def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
+    """SAM 2.1's video predictor (:mod:`src_core.sam2_video`) for the model ``name``."""
+    from ..sam2_video import build_sam2_video_predictor
+
+    bar = ProgressBar(f"downloading {name}", "B")
+    try:
+        status(f"loading the {name} model...")
+        return build_sam2_video_predictor(
+            name, args.checkpoint, device=args.device, dtype=args.dtype,
             download=not args.no_download, progress=bar,
         )
     except ENGINE_ERRORS as exc:

@@ -33,7 +33,9 @@ from .common import (
     UsageError,
     add_model_arguments,
     build_predictor,
+    build_video_predictor,
     plain_text,
+    sam2_model_name,
     status,
 )
 from .text import (
@@ -138,6 +140,7 @@ def _settings(args: argparse.Namespace, prompt_text: bytes, n: int, direction: s
         input=str(Path(args.input).resolve()), frames=n, prompts=hashlib.sha1(prompt_text).hexdigest(),
         direction=direction, start=args.start, stop=args.stop, recipe=args.recipe, z=args.z,
         divisions=args.divisions, search_frames=args.search_frames, lenient=args.lenient,
+        model=args.sam2_model or "",
     )
 
 
@@ -155,6 +158,14 @@ def _cmd_track(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if (args.prompts is None) == (args.text is None):
         raise UsageError("track needs the objects to start from: --prompts FILE or --text TEXT (one of them)")
+    args.sam2_model = sam2_model_name(args)
+    if args.sam2_model is not None:
+        if args.text is not None:
+            raise UsageError("--text finds objects with a SAM 1 model: give --prompts to track with SAM 2.1")
+        if args.divisions:
+            raise UsageError("--divisions needs the SAM 1 recipe: drop it or use a SAM 1 model")
+        if args.recipe is not None:
+            raise UsageError("--recipe is for SAM 1 models: SAM 2.1 tracks with its memory")
     if args.text is not None:
         check_text_args(args)
         prompt_path, prompts, prompt_bytes = None, None, text_fingerprint(args)
@@ -257,4 +268,8 @@ def _export(args: argparse.Namespace, out: Path, run: Any, frames: Any = None, *
 
 
 def _make_predictor(args: argparse.Namespace) -> Any:
-    return build_predictor(args)  # a seam: tests put the stand-in segmenter here
+    """SAM 2.1's video predictor (memory tracking) or a SAM 1 predictor (the recipe);
+    a seam: tests put the stand-in segmenter here."""
+    if getattr(args, "sam2_model", None):
+        return build_video_predictor(args, args.sam2_model)
+    return build_predictor(args)

@@ -78,6 +78,7 @@ class RunSettings:
     divisions: bool = False
     search_frames: int = 30
     lenient: bool = False
+    model: str = ""  # the SAM 2.1 model tracking with memory; "" for the SAM 1 recipe
 
     @property
     def qc(self) -> QualityControl | None:
