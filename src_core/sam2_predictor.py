@@ -147,7 +147,8 @@ class SAM2ImagePredictor:
     @torch.no_grad()
     def _embed(self, batch: torch.Tensor) -> None:
         model = self.model
-        backbone_out = model.forward_image(batch.to(self.device))
+        with model.compute_context():
+            backbone_out = model.forward_image(batch.to(self.device))
         _, feats, _, _ = model._prepare_backbone_features(backbone_out)
         if model.config.directly_add_no_mem_embed:
             feats[-1] = feats[-1] + model.no_mem_embed
@@ -264,18 +265,20 @@ class SAM2ImagePredictor:
             else:  # the box corners go first
                 points = (torch.cat([corners, points[0]], dim=1), torch.cat([corner_labels, points[1]], dim=1))
         encoder = self.model.sam_prompt_encoder
-        sparse, dense = encoder(points=points, boxes=None, masks=mask_input)
         several = points is not None and points[0].shape[0] > 1
         high_res = [level[img_idx].unsqueeze(0) for level in self._features["high_res_feats"]]
-        low_res, iou_predictions, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=self._features["image_embed"][img_idx].unsqueeze(0),
-            image_pe=encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            repeat_image=several,
-            high_res_features=high_res,
-        )
+        with self.model.compute_context():
+            sparse, dense = encoder(points=points, boxes=None, masks=mask_input)
+            low_res, iou_predictions, _, _ = self.model.sam_mask_decoder(
+                image_embeddings=self._features["image_embed"][img_idx].unsqueeze(0),
+                image_pe=encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+                repeat_image=several,
+                high_res_features=high_res,
+            )
+        low_res, iou_predictions = low_res.float(), iou_predictions.float()
         masks = self._postprocess(low_res, self._orig_hw[img_idx])
         low_res = torch.clamp(low_res, -32.0, 32.0)
         if not return_logits:

@@ -132,9 +132,14 @@ def test_refuses_sam20_layout(tiny_state):
         build_sam2("tiny", checkpoint=old, device="cpu")
 
 
-def test_refuses_float_dtype_it_cannot_run(tiny_state):
-    with pytest.raises(ValueError, match="float32"):
-        build_sam2("tiny", checkpoint=tiny_state, device="cpu", dtype="bfloat16")
+def test_dtypes(tiny_state):
+    """bfloat16 runs under autocast (weights stay float32); float16 is refused."""
+    with pytest.raises(ValueError, match="expected float32 or bfloat16"):
+        build_sam2("tiny", checkpoint=tiny_state, device="cpu", dtype=torch.float16)
+    model = build_sam2("tiny", checkpoint=tiny_state, device="cpu", dtype="bfloat16")
+    assert model.autocast_dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    assert build_sam2("tiny", checkpoint=tiny_state, device="cpu").autocast_dtype is None
 
 
 def test_download_into_cache_then_load_from_cache(tmp_path, tiny_file, tiny_state, monkeypatch):

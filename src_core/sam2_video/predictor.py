@@ -383,7 +383,8 @@ class SAM2VideoPredictor:
             backbone_out = cached[1]
         else:
             image = state.source.model_input(frame_idx).to(state.device)[None]
-            backbone_out = self.model.forward_image(image)
+            with self.model.compute_context():
+                backbone_out = self.model.forward_image(image)
             state.cached_features = (frame_idx, backbone_out)
         _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
         return feats, pos, sizes
@@ -398,13 +399,14 @@ class SAM2VideoPredictor:
 
     def _encode_memory(self, state, frame_idx, high_res_masks, object_score_logits):
         feats, _, sizes = self._features(state, frame_idx)
-        features, pos_enc = self.model._encode_new_memory(
-            current_vision_feats=feats,
-            feat_sizes=sizes,
-            pred_masks_high_res=high_res_masks,
-            object_score_logits=object_score_logits,
-            is_mask_from_pts=True,  # frames the user prompted
-        )
+        with self.model.compute_context():
+            features, pos_enc = self.model._encode_new_memory(
+                current_vision_feats=feats,
+                feat_sizes=sizes,
+                pred_masks_high_res=high_res_masks,
+                object_score_logits=object_score_logits,
+                is_mask_from_pts=True,  # frames the user prompted
+            )
         features = features.to(torch.bfloat16).to(state.storage_device)
         return features, self._pos_enc(state, pos_enc)
 
@@ -422,24 +424,25 @@ class SAM2VideoPredictor:
     ) -> tuple[dict, torch.Tensor]:
         """One object on one frame: its stored output and its (1, 1, h, w) logits."""
         feats, pos, sizes = self._features(state, frame_idx)
-        out = self.model.track_step(
-            frame_idx=frame_idx,
-            is_init_cond_frame=is_init,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            output_dict=track.outputs,
-            num_frames=state.num_frames,
-            track_in_reverse=reverse,
-            run_mem_encoder=run_mem_encoder,
-            prev_sam_mask_logits=prev_logits,
-        )
+        with self.model.compute_context():
+            out = self.model.track_step(
+                frame_idx=frame_idx,
+                is_init_cond_frame=is_init,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
+                output_dict=track.outputs,
+                num_frames=state.num_frames,
+                track_in_reverse=reverse,
+                run_mem_encoder=run_mem_encoder,
+                prev_sam_mask_logits=prev_logits,
+            )
         memory = out["maskmem_features"]
         if memory is not None:  # stored in bfloat16: half the memory, as Meta stores it
             memory = memory.to(torch.bfloat16).to(state.storage_device)
-        pred = out["pred_masks"]
+        pred = out["pred_masks"].float()
         if self.fill_hole_area > 0:
             pred = fill_small_regions(pred, 0.0, self.fill_hole_area, holes=True, value=0.1)
         stored = {
@@ -447,7 +450,7 @@ class SAM2VideoPredictor:
             "maskmem_pos_enc": self._pos_enc(state, out["maskmem_pos_enc"]),
             "pred_masks": pred.to(state.storage_device),
             "obj_ptr": out["obj_ptr"],
-            "object_score_logits": out["object_score_logits"],
+            "object_score_logits": out["object_score_logits"].float(),
         }
         return stored, pred
 

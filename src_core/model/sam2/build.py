@@ -121,8 +121,10 @@ def build_sam2(
     device : str or torch.device or None
         None or "auto" picks cuda > mps > cpu.
     dtype : str or torch.dtype or None
-        None, "auto" or "float32": the model runs in float32. bfloat16 is not
-        supported yet.
+        None or "float32": float32. "bfloat16": the predictors run the model under
+        bfloat16 autocast (weights stay float32; masks and logits come out float32).
+        "auto": bfloat16 where the hardware runs it natively (AMX or AVX512-BF16
+        CPUs, recent GPUs), else float32.
     download : bool
         Allow downloading the official checkpoint when ``checkpoint`` is None.
     progress : callable, optional
@@ -147,10 +149,7 @@ def build_sam2(
     size = sam2_size_name(model_type)
     name = f"sam2.1_hiera_{size}"
     torch_device = resolve_device(device)
-    if dtype == "auto":
-        dtype = None
-    if resolve_dtype(dtype, torch_device) != torch.float32:
-        raise ValueError("build_sam2 runs SAM 2.1 in float32 only for now; pass dtype=None or 'float32'")
+    compute_dtype = resolve_dtype(dtype, torch_device)
     if isinstance(checkpoint, Mapping):
         state_dict, source, weights_id = checkpoint, "(state dict)", None
     else:
@@ -160,4 +159,5 @@ def build_sam2(
     model = build_sam2_model(size, **{**_POSTPROCESSING, **overrides})
     _load_strictly(model, state_dict, size, source)
     model.weights_id = weights_id  # names these weights for caches of their outputs
+    model.autocast_dtype = None if compute_dtype == torch.float32 else compute_dtype
     return model.to(torch_device).eval()

@@ -11,6 +11,7 @@ what Meta's computes in eval mode (training-only paths are left out).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import torch
@@ -86,6 +87,8 @@ class Sam2Model(MemoryBankMixin, nn.Module):
         out_proj = getattr(memory_encoder, "out_proj", None)
         mem_dim = self.mem_dim = out_proj.weight.shape[0] if hasattr(out_proj, "weight") else hidden
         self.num_maskmem = cfg.num_maskmem
+        # bfloat16 runs under autocast (weights stay float32): see compute_context
+        self.autocast_dtype: torch.dtype | None = None
         self.image_size = cfg.image_size
         self.num_feature_levels = 3 if cfg.use_high_res_features_in_sam else 1
         self.sam_image_embedding_size = cfg.image_size // cfg.backbone_stride
@@ -150,6 +153,13 @@ class Sam2Model(MemoryBankMixin, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def compute_context(self) -> Any:
+        """The context the predictors run the model in: bfloat16 autocast when
+        ``autocast_dtype`` is set (``build_sam2(dtype="bfloat16")``), else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
