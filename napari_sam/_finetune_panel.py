@@ -36,6 +36,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from src_core.protocols import is_sam2_model
+
 from . import _layers as L
 from ._job_row import job_row
 
@@ -204,6 +206,9 @@ class FinetunePanel(QWidget):
             return
         if model is None:
             show_warning("Fine-tune: load a model first ('Load model'); it is the starting point.")
+            return
+        if is_sam2_model(model):
+            show_warning("Fine-tune: SAM 2.1 models cannot be fine-tuned here yet; load a SAM 1 model.")
             return
         self.refresh_labels()
         name = self.labels_box.currentText()

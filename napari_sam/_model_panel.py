@@ -34,11 +34,27 @@ class ModelChoice:
 
 
 def load_predictor(choice: ModelChoice):
-    """Build the chosen model and its predictor (runs in a worker: may download)."""
+    """Build the chosen model and its predictor (runs in a worker: may download):
+    SAM 2.1's image predictor for a SAM 2.1 name or file, else SAM 1's."""
     from src_core import SamPredictor, build_sam
+    from src_core.checkpoints import SAM2_CHECKPOINTS, load_state_dict
 
-    if choice.checkpoint:
-        model = build_sam("auto", checkpoint=choice.checkpoint, device=choice.device, dtype=choice.dtype)
+    checkpoint, sam2_size = choice.checkpoint, None
+    if checkpoint:
+        state = load_state_dict(checkpoint)
+        if "image_encoder.trunk.pos_embed" in state:  # a SAM 2 file, whatever the box says
+            from src_core.model.sam2.build import infer_sam2_size
+
+            sam2_size = infer_sam2_size(state) or "tiny"  # an unknown size is refused by build_sam2
+        del state
+    elif choice.model_type in SAM2_CHECKPOINTS:
+        sam2_size = choice.model_type
+    if sam2_size is not None:
+        from src_core import SAM2ImagePredictor, build_sam2
+
+        return SAM2ImagePredictor(build_sam2(sam2_size, checkpoint, device=choice.device, dtype=choice.dtype))
+    if checkpoint:
+        model = build_sam("auto", checkpoint=checkpoint, device=choice.device, dtype=choice.dtype)
     else:
         model = build_sam(choice.model_type, device=choice.device, dtype=choice.dtype)
     return SamPredictor(model)
@@ -89,12 +105,13 @@ class _SummaryDelegate(QStyledItemDelegate):
 
 
 def fill_model_box(box: QComboBox) -> None:
-    """The models by group (Meta's SAM, microscopy fine-tunes, small and fast, built-in):
+    """The models by group (Meta's SAM, microscopy fine-tunes, small and fast, built-in,
+    video: SAM 2.1):
     a bold title that cannot be chosen, then each model's name with its one line."""
     from src_core.checkpoints import model_groups
 
     model = QStandardItemModel(box)
-    for group in model_groups():
+    for group in model_groups(video=True):
         title = QStandardItem(group.title)
         title.setFlags(Qt.ItemFlag.NoItemFlags)
         model.appendRow(title)

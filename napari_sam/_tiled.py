@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from src_core.tiling import TiledMask, TiledObjectSegmenter, TiledPredictor, model_input_size, tiling_plan
+from src_core.protocols import is_sam2_model
+from src_core.tiling import (
+    TiledMask,
+    TiledObjectSegmenter,
+    TiledPredictor,
+    model_input_size,
+    tiling_plan,
+)
 
 from . import _layers as L
 
@@ -24,7 +31,12 @@ Region = tuple  # (plane, y0, y1, x0, x1)
 
 
 def plan_for(image_layer, predictor) -> tuple[int, int] | None:
-    """(tile_size, overlap) when the image's planes are large for ``predictor``'s model, else None."""
+    """(tile_size, overlap) when the image's planes are large for ``predictor``'s model, else None.
+
+    None for SAM 2.1 models, whose planes are embedded whole (downscaled to the model's
+    input) for now."""
+    if is_sam2_model(getattr(predictor, "model", None)):
+        return None
     return tiling_plan(L.spatial_shape(image_layer)[-2:], model_input_size(predictor))
 
 

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from src_core.embedding_cache import cache_model_id
 from src_core.propagate import (
     DIRECTIONS,
     PropagationError,
@@ -100,6 +101,18 @@ def run_propagation(results, writer: TrackingWriter, keep=None):
 
 NOT_A_STACK = "Track needs a video or a stack: choose one in 'image'."
 NEXT_STEP = "Click on an object on any frame (object 1), New object (O) for the next, then Propagate."
+
+
+def memory_tracker(predictor):
+    """SAM 2.1's video predictor on the weights of a loaded SAM 2.1 image predictor, or
+    None for a SAM 1 predictor (tracked with the recipe, frame by frame)."""
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    if not isinstance(predictor, SAM2ImagePredictor):
+        return None
+    from src_core.sam2_video import SAM2VideoPredictor
+
+    return SAM2VideoPredictor.for_model(predictor.model)
 
 
 class TrackPanel(QWidget):
@@ -409,9 +422,14 @@ class TrackPanel(QWidget):
         direction = "both" if along_z else self.direction_box.currentText()
         keys = self._keys_on(along)
         kwargs = host.normalization(image)  # the widget's contrast, the channels included
-        model_id = getattr(getattr(host.predictor, "model", None), "weights_id", None)
+        model_id = cache_model_id(host.predictor)
         cache = host.embedding_cache() if model_id else None
         settings = self.settings()
+        segmenter = memory_tracker(host.predictor)
+        if segmenter is None:
+            segmenter = host.predictor
+        else:  # SAM 2.1: its memory carries the objects; the SAM 1 recipe's settings do not apply
+            settings = {k: v for k, v in settings.items() if k in ("qc",)}
         try:
             prompts = T.collect_track_prompts(
                 self.layers[T.PROMPTS], self.layers[T.BOXES], labels_layer, keys, along
@@ -422,11 +440,12 @@ class TrackPanel(QWidget):
             common = dict(start=start, stop=stop, should_stop=self._stop.is_set, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
                           key_frames=keys, **settings)
             if along_z:
-                results = propagate_volume(frames, host.predictor, prompts, labels=tracks, **common)
+                results = propagate_volume(frames, segmenter, prompts, labels=tracks, **common)
             else:
-                prompts += self._still_lost(tracks, prompts, keys, start, stop, direction, settings["search_frames"])
+                prompts += self._still_lost(tracks, prompts, keys, start, stop, direction,
+                                            settings.get("search_frames", 0))
                 results = propagate(
-                    frames, host.predictor, prompts, direction=direction, context_labels=tracks, **common,
+                    frames, segmenter, prompts, direction=direction, context_labels=tracks, **common,
                 )
         except ValueError as err:
             show_error(f"Track: {err}")

@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
+from src_core.embedding_cache import cache_model_id
 from src_core.interactive import ObjectSegmenter
 from src_core.preprocess import blank_value
 from src_core.tiling import TiledCandidates, TiledObjectSegmenter
@@ -428,7 +429,7 @@ class SegmentAnythingWidget(QWidget):
         predictor, plane_data = self.predictor, self.plane_reader(image)
         where = f" (plane {plane})" if plane else ""
         self.set_status(f"Embedding '{image.name}'{where} ...")
-        model_id = getattr(getattr(predictor, "model", None), "weights_id", None)
+        model_id = cache_model_id(predictor)
         cache = self.embedding_cache() if model_id else None
         failures, blank = [], []
 
@@ -454,7 +455,7 @@ class SegmentAnythingWidget(QWidget):
 
     def _prepare_tiled(self, image, key, plan: tuple[int, int], kwargs: dict) -> None:
         # nothing is embedded now: the tiles a prompt reaches are, when it is decoded
-        model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
+        model_id = cache_model_id(self.predictor)
         segmenter = T.make_segmenter(self.predictor, plan, self.embedding_cache() if model_id else None, model_id)
         source = T.lazy_plane([image, *self.channel_layers()], key[1])
         height, width = L.spatial_shape(image)[-2:]
@@ -487,7 +488,7 @@ class SegmentAnythingWidget(QWidget):
             show_info("Busy: wait for the current job to finish.")
             return
         lead = L.spatial_shape(image)[:-2]
-        model_id = getattr(getattr(self.predictor, "model", None), "weights_id", None)
+        model_id = cache_model_id(self.predictor)
         cache = self.embedding_cache() if model_id else None
         if not lead:
             show_info(f"'{image.name}' has a single plane: nothing more to embed.")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # torch loads with the model, not with this module
 __all__ = [
     "FORMAT_VERSION",
     "CachedEmbedding",
+    "cache_model_id",
     "EmbeddingCache",
     "embed_with_cache",
     "embedding_preprocessing",
@@ -413,6 +414,16 @@ class EmbeddingCache:
             "the NAPARI_SAM_CACHE environment variable), or lower max_bytes. "
             "Segmentation works without the cache; only reopening is slower."
         )
+
+
+def cache_model_id(predictor: Any) -> str | None:
+    """The id under which ``predictor``'s embeddings are cached, or None when they are
+    not: weights without an id (not from a file), or a predictor whose embeddings this
+    cache cannot restore (SAM 2.1's image predictor keeps high-resolution features
+    too)."""
+    if not hasattr(predictor, "set_embedding"):
+        return None
+    return getattr(getattr(predictor, "model", None), "weights_id", None)
 
 
 def embed_with_cache(

@@ -78,6 +78,7 @@ class ObjectSegmenter:
             single_click = len(prompt.points) == 1 and prompt.box is None
             masks, scores, logits = self.predictor.predict(**kwargs, multimask_output=single_click)
         self._prompt = prompt
+        masks = np.asarray(masks).astype(bool, copy=False)  # SAM 2.1's predictor returns 0/1 floats
         self._candidates = Candidates(masks, scores, logits, int(np.argmax(scores)))
         return self._candidates
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "is_sam2_model"]
 
 
 @runtime_checkable
@@ -36,3 +36,10 @@ class Predictor(Protocol):
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def is_sam2_model(model: Any) -> bool:
+    """Whether ``model`` is a SAM 2 model (its prompt encoder is ``sam_prompt_encoder``):
+    the tools written for SAM 1's internals (segment everything, tiles, fine-tuning)
+    check this to refuse it or fall back."""
+    return hasattr(model, "sam_prompt_encoder")

@@ -124,6 +124,14 @@ class SAM2ImagePredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    def cancel(self) -> None:
+        """For callers written for SAM 1's predictor: an embedding in progress cannot be
+        interrupted here (it runs to its end), so this does nothing."""
+
+    def reset_image(self) -> None:
+        """SAM 1's name for :meth:`reset_predictor`."""
+        self.reset_predictor()
+
     def reset_predictor(self) -> None:
         """Forget the image(s) and their embeddings."""
         self._is_image_set = False
@@ -162,10 +170,12 @@ class SAM2ImagePredictor:
     def set_image(
         self,
         image: Any,
+        image_format: str = "RGB",
         *,
         channel_axis: int | None = None,
         channels: Sequence[int] | None = None,
-        contrast_limits: Sequence[float] | None = None,
+        contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        percentiles: Sequence[float] | None = None,
     ) -> None:
         """Compute the embedding of one image.
 
@@ -175,12 +185,19 @@ class SAM2ImagePredictor:
             (H, W, 3) uint8 RGB (used as Meta's predictor uses it), or any image
             :func:`src_core.preprocess.to_rgb` accepts (grayscale, multichannel,
             16-bit, float), scaled to 0-255 first.
-        channel_axis, channels, contrast_limits
+        image_format : str
+            "RGB", or "BGR" for (H, W, 3) images in OpenCV's order (as SAM 1's
+            ``SamPredictor.set_image`` takes it).
+        channel_axis, channels, contrast_limits, percentiles
             See :func:`src_core.preprocess.to_rgb`.
         """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         self.reset_predictor()
         rgb = _image_array(image, channel_axis=channel_axis, channels=channels,
-                           contrast_limits=contrast_limits)
+                           contrast_limits=contrast_limits, percentiles=percentiles)
+        if image_format == "BGR":
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
         self._orig_hw = [(int(rgb.shape[0]), int(rgb.shape[1]))]
         self._embed(self._to_input(rgb)[None])
 

@@ -28,10 +28,11 @@ def test_box_groups_the_models_with_one_line_each(make_napari_viewer, monkeypatc
     box = w.model_panel.model_box
     rows = _rows(box)
     titles = [r.text() for r in rows if not r.isSelectable()]
-    assert titles == ["Meta's SAM", "microscopy fine-tunes (micro-sam)", "small and fast", "built-in"]
+    assert titles == ["Meta's SAM", "microscopy fine-tunes (micro-sam)", "small and fast", "built-in",
+                      "video (SAM 2.1)"]
     names = [r.text() for r in rows if r.isSelectable()]
-    assert names == ["vit_h", "vit_l", "vit_b", *MICROSCOPY, "vit_t", "vit_tiny"]
-    assert not any(r.text().startswith("sam2") for r in rows)  # the plugin cannot run SAM 2.1 yet
+    sam2 = [f"sam2.1_hiera_{size}" for size in ("tiny", "small", "base_plus", "large")]
+    assert names == ["vit_h", "vit_l", "vit_b", *MICROSCOPY, "vit_t", "vit_tiny", *sam2]
     assert all(r.toolTip() for r in rows if r.isSelectable())
 
     # the open list shows each model's line, the closed box its name

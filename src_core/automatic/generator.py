@@ -32,6 +32,7 @@ from ..jobs import Cancelled
 from ..model.sam import Sam
 from ..predictor import SamPredictor
 from ..preprocess import to_rgb
+from ..protocols import is_sam2_model
 from ..rle import coco_encode_rle, crop_to_rle
 from .geometry import (
     box_area,
@@ -148,6 +149,11 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = DEFAULTS.min_mask_region_area,
         output_mode: str = "binary_mask",
     ) -> None:
+        if is_sam2_model(model):
+            raise ValueError(
+                "segment everything runs on SAM 1 models (vit_b, vit_l, vit_h, vit_t, micro-sam's, "
+                "vit_tiny) for now, not on SAM 2.1: load one of those for it"
+            )
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side or point_grids")
         if int(crop_n_layers) < 0:

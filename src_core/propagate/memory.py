@@ -71,9 +71,12 @@ def propagate_with_memory(
 ) -> Iterator[FrameResult]:
     """Per-frame results of SAM 2 memory tracking (arguments as for ``propagate``)."""
     options = dict(set_image_kwargs or {})
-    unknown = set(options) - {"contrast_limits", "channels"}
+    unknown = set(options) - {"contrast_limits", "channels", "channel_axis", "percentiles"}
     if unknown:
-        raise ValueError(f"SAM 2 tracking takes contrast_limits and channels, not {', '.join(sorted(unknown))}")
+        raise ValueError(
+            "SAM 2 tracking takes contrast_limits, percentiles, channels and channel_axis, "
+            f"not {', '.join(sorted(unknown))}"
+        )
     state = predictor.init_state(reader.frames, **options)
     passes = plan_passes(prompts, direction, start, stop)
     total = sum(len(p.frames) for p in passes)

@@ -19,6 +19,8 @@ Where it differs, on purpose:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any
@@ -76,6 +78,21 @@ class SAM2VideoPredictor:
         self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
         self.bounded_memory = bounded_memory
 
+    @classmethod
+    def for_model(cls, model: Any, **options: Any) -> SAM2VideoPredictor:
+        """A video predictor sharing the weights of a model built for images.
+
+        Meta's video predictor encodes the memory of a prompted frame from the
+        binarized mask the user saw; a model built by ``build_sam2`` for the image
+        predictor has that off, so a view of it with that setting on is used (same
+        parameters, nothing copied).
+        """
+        if not model.config.binarize_mask_from_pts_for_mem_enc:
+            view = copy.copy(model)  # shares parameters and submodules
+            view.config = dataclasses.replace(model.config, binarize_mask_from_pts_for_mem_enc=True)
+            model = view
+        return cls(model, **options)
+
     @property
     def image_size(self) -> int:
         return int(self.model.image_size)
@@ -103,11 +120,16 @@ class SAM2VideoPredictor:
         *,
         contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
         channels: Sequence[int] | None = None,
+        channel_axis: int | None = None,
+        percentiles: Sequence[float] = (0.5, 99.5),
     ) -> VideoState:
         """Open a video: a frame folder, a video file or a (T, H, W[, C]) array-like.
 
         ``offload_video_to_cpu`` and ``async_loading_frames`` are accepted for Meta's
-        callers and change nothing (frames are read lazily anyway);
+        callers and change nothing (frames are read lazily anyway). Frames that are not
+        uint8 RGB are converted with one contrast setting for the whole video
+        (``contrast_limits``, else ``percentiles`` of frame 0; see
+        :class:`~.source.VideoSource`);
         ``offload_state_to_cpu`` keeps the memory bank in CPU memory. Unlike Meta's,
         no frame is encoded yet (a run may start anywhere in the video).
         """
@@ -115,8 +137,9 @@ class SAM2VideoPredictor:
         if isinstance(video_path, (str, os.PathLike)) and not os.path.exists(video_path):
             raise FileNotFoundError(f"no video or frame folder at {video_path}")
         source = VideoSource(
-            video_path, self.image_size, contrast_limits=contrast_limits, channels=channels
-        )
+            video_path, self.image_size, contrast_limits=contrast_limits, channels=channels,
+            channel_axis=channel_axis, percentiles=percentiles,
+        )  # fmt: skip
         device = self.device
         storage = torch.device("cpu") if offload_state_to_cpu else device
         return VideoState(source, device, storage, bounded=self.bounded_memory)

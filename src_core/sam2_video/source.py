@@ -101,8 +101,11 @@ class VideoSource:
     contrast_limits : (low, high) or per-channel pairs, optional
         Values mapped to 0 and 255 for frames that are not uint8 RGB; by default
         frame 0's 0.5 and 99.5 percentiles, kept for every frame.
-    channels : sequence of int, optional
-        Channels to show for multichannel frames (see :func:`~src_core.preprocess.to_rgb`).
+    channels, channel_axis : optional
+        Channels to show for multichannel frames, and the frames' channel axis
+        (see :func:`~src_core.preprocess.to_rgb`).
+    percentiles : (low, high)
+        The percentiles of frame 0 that set the contrast when no limits are given.
 
     Raises
     ------
@@ -117,10 +120,14 @@ class VideoSource:
         *,
         contrast_limits: Sequence[float] | Sequence[Sequence[float]] | None = None,
         channels: Sequence[int] | None = None,
+        channel_axis: int | None = None,
+        percentiles: Sequence[float] = (0.5, 99.5),
     ) -> None:
         self.reader = FrameReader(_open(video))
         self.image_size = int(image_size)
         self.channels = channels
+        self.channel_axis = channel_axis
+        self.percentiles = percentiles
         self.contrast_limits = contrast_limits
         self.height, self.width = (int(v) for v in self.reader.image_shape)
 
@@ -150,12 +157,13 @@ class VideoSource:
         from ..preprocess import to_rgb
         from ..tiling.source import TiledImage
 
+        options = {"channels": self.channels, "channel_axis": self.channel_axis}
         try:
             if self.contrast_limits is None and frame.dtype not in (np.uint8, np.bool_):
                 # one setting for the whole video, from the first frame
                 first = frame if frame_idx == 0 else self.reader.read(0)
-                self.contrast_limits = TiledImage(first, channels=self.channels).contrast_limits
-            rgb = to_rgb(frame, channels=self.channels, contrast_limits=self.contrast_limits)
+                self.contrast_limits = TiledImage(first, percentiles=self.percentiles, **options).contrast_limits
+            rgb = to_rgb(frame, contrast_limits=self.contrast_limits, **options)
         except ValueError as err:
             raise FrameReadError(f"frame {frame_idx}: {err}", frame_idx) from err
         return rgb if rgb.dtype == np.uint8 else np.rint(rgb).astype(np.uint8)

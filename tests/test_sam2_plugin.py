@@ -1,0 +1,90 @@
+"""SAM 2.1 in the plugin: chosen in the model box or from a file, clicks on it, and the
+Track panel following objects with its memory.
+
+Random weights (the presence head biased so objects are seen): what is asserted is
+plumbing a user would notice (the model loads, a click gives a mask, a run fills every
+frame with the object's id, the SAM 1-only tools say so).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import Qt
+
+from napari_sam import _layers as L
+from napari_sam import _track_layers as T
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _sam2_model(image_size: int = 1024):
+    from src_core.model.sam2.sam2_base import build_sam2_model
+
+    torch.manual_seed(0)
+    model = build_sam2_model("tiny", image_size=image_size)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
+    return model.eval()
+
+
+def test_sam2_file_loads_from_the_model_panel_and_segments_a_click(make_napari_viewer, qtbot, monkeypatch, tmp_path):
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "my_sam2.pt"
+    torch.save({"model": {k: v.half() for k, v in _sam2_model().state_dict().items()}}, path)
+    viewer = make_napari_viewer()
+    image = np.zeros((80, 96), np.uint16)
+    image[20:50, 30:70] = 2000
+    viewer.add_image(image, name="cells")
+    w = SegmentAnythingWidget(viewer)
+    panel = w.model_panel
+    rows = [panel.model_box.model().item(i) for i in range(panel.model_box.model().rowCount())]
+    names = [r.text() for r in rows]
+    assert names[-5:] == ["video (SAM 2.1)", "sam2.1_hiera_tiny", "sam2.1_hiera_small",
+                          "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
+    panel.model_box.setCurrentText("sam2.1_hiera_tiny")
+    assert "SAM 2.1 tiny" in w.status.text()
+    panel.checkpoint_edit.setText(str(path))
+    panel.device_box.setCurrentText("cpu")
+    panel.dtype_box.setCurrentText("float32")
+    qtbot.mouseClick(panel.load_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.predictor is not None and w.idle, timeout=60000)
+    assert isinstance(w.predictor, SAM2ImagePredictor)
+    w.layers[L.POINTS].add(np.array([35.0, 50.0]))
+    qtbot.waitUntil(lambda: w.settled and w.embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.layers[L.PREVIEW].data.any(), timeout=30000)
+    assert w.layers[L.PREVIEW].data.shape == image.shape
+
+
+def test_track_panel_follows_objects_with_sam2_memory(make_napari_viewer, qtbot):
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    frames = np.zeros((5, 64, 80), np.uint8)
+    for t in range(5):
+        frames[t, 16:40, 10 + 3 * t : 34 + 3 * t] = 200
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="video")
+    w = SegmentAnythingWidget(viewer)
+    w.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
+    panel = w.track
+    assert panel.prepare()
+    panel.object_box.setValue(4)
+    panel.layers[T.PROMPTS].add(np.array([[2, 28.0, 24.0]]))  # frame 2, (row, col)
+    panel.run()
+    qtbot.waitUntil(lambda: w.idle and panel.run_button.isEnabled(), timeout=60000)
+    labels = np.asarray(panel.layers[T.TRACKS].data)
+    assert set(np.unique(labels)) <= {0, 4}
+    assert all((labels[t] == 4).any() for t in range(5)), [int((labels[t] == 4).sum()) for t in range(5)]
+
+
+def test_segment_everything_says_it_needs_a_sam1_model():
+    from src_core.automatic import SamAutomaticMaskGenerator
+
+    with pytest.raises(ValueError, match="segment everything runs on SAM 1 models"):
+        SamAutomaticMaskGenerator(_sam2_model(128))
