@@ -66,9 +66,9 @@ def make_generator(predictor, settings: EverythingSettings):
     model = getattr(predictor, "model", None)
     if model is None:
         raise ValueError("Segment everything needs a SAM model: load one with 'Load model'.")
-    from src_core.automatic import SamAutomaticMaskGenerator
+    from src_core.automatic import mask_generator_for
 
-    return SamAutomaticMaskGenerator(
+    return mask_generator_for(  # SAM 1's generator or SAM 2.1's, as Meta's packages have them
         model,
         points_per_side=settings.points_per_side,
         pred_iou_thresh=settings.pred_iou_thresh,

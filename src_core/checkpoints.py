@@ -317,7 +317,7 @@ SAM2_CHECKPOINTS: Mapping[str, CheckpointInfo] = MappingProxyType(
             None,
             family="sam2",
             group="video",
-            summary=f"SAM 2.1 {size.replace('_', ' ')}: clicks and boxes, and video tracking with memory",
+            summary=f"SAM 2.1 {size.replace('_', ' ')}: clicks, boxes, segment everything, and video tracking with memory",
         )
         for size in ("tiny", "small", "base_plus", "large")
     }
@@ -375,8 +375,7 @@ class ModelGroup:
 
 def model_groups(*, video: bool = False) -> list[ModelGroup]:
     """The SAM 1 family's models by group: Meta's SAM, microscopy fine-tunes, small and
-    fast, built-in; with ``video``, SAM 2.1 last (clicks, boxes and tracking; not segment
-    everything, text or fine-tuning yet)."""
+    fast, built-in; with ``video``, SAM 2.1 last (all but fine-tuning)."""
     entries = list(sam_checkpoints().values()) + (list(SAM2_CHECKPOINTS.values()) if video else [])
     groups = []
     for key, title in _GROUP_TITLES.items():

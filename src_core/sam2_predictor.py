@@ -258,17 +258,16 @@ class SAM2ImagePredictor:
         return F.interpolate(masks, orig_hw, mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def _predict(
+    def _decode(
         self,
         point_coords: torch.Tensor | None,
         point_labels: torch.Tensor | None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
-        return_logits: bool = False,
         img_idx: int = -1,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masks (B, C, H, W), scores (B, C) and clamped low-resolution logits for
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw low-resolution logits (B, C, h, w) and predicted IoUs (B, C), float32, for
         prompts already in model-input coordinates (boxes as (B, 2, 2) corners)."""
         if not self._is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
@@ -295,7 +294,24 @@ class SAM2ImagePredictor:
                 repeat_image=several,
                 high_res_features=high_res,
             )
-        low_res, iou_predictions = low_res.float(), iou_predictions.float()
+        return low_res.float(), iou_predictions.float()
+
+    @torch.no_grad()
+    def _predict(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        img_idx: int = -1,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks (B, C, H, W), scores (B, C) and clamped low-resolution logits for
+        prompts already in model-input coordinates (boxes as (B, 2, 2) corners)."""
+        low_res, iou_predictions = self._decode(
+            point_coords, point_labels, boxes, mask_input, multimask_output, img_idx
+        )
         masks = self._postprocess(low_res, self._orig_hw[img_idx])
         low_res = torch.clamp(low_res, -32.0, 32.0)
         if not return_logits:

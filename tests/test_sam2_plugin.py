@@ -83,8 +83,21 @@ def test_track_panel_follows_objects_with_sam2_memory(make_napari_viewer, qtbot)
     assert all((labels[t] == 4).any() for t in range(5)), [int((labels[t] == 4).sum()) for t in range(5)]
 
 
-def test_segment_everything_says_it_needs_a_sam1_model():
-    from src_core.automatic import SamAutomaticMaskGenerator
+def test_segment_everything_runs_sam2s_generator(make_napari_viewer, qtbot):
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.sam2_predictor import SAM2ImagePredictor
 
-    with pytest.raises(ValueError, match="segment everything runs on SAM 1 models"):
-        SamAutomaticMaskGenerator(_sam2_model(128))
+    image = np.zeros((64, 80), np.uint8)
+    image[10:40, 10:50] = 200
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="blobs")
+    w = SegmentAnythingWidget(viewer)
+    w.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
+    w.everything.points_box.setValue(3)
+    w.everything.iou_box.setValue(0.0)
+    w.everything.stability_box.setValue(0.0)
+    w.everything.run_button.click()
+    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
+    data = w.layers[L.LABELS].data
+    assert data.shape == image.shape and data.max() >= 1

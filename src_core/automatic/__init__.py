@@ -1,6 +1,7 @@
 """Segment everything: grid prompts, quality filters, NMS, RLE (a drop-in for Meta's generator).
 
 ``SamAutomaticMaskGenerator`` has the reference's parameters, defaults and records;
+``SAM2AutomaticMaskGenerator`` is SAM 2's (``mask_generator_for(model)`` picks);
 ``masks_to_label_image`` turns its records into one non-overlapping label image;
 ``GeneratorSettings`` / ``DEFAULTS`` (:mod:`.settings`) are its parameters' one home.
 
@@ -17,6 +18,8 @@ _WHERE = {
     "DEFAULTS": "settings",
     "GeneratorSettings": "settings",
     "SamAutomaticMaskGenerator": "generator",
+    "SAM2AutomaticMaskGenerator": "sam2_generator",
+    "mask_generator_for": "sam2_generator",
     "batched_nms": "geometry",
     "box_iou": "geometry",
     "masks_to_boxes": "geometry",

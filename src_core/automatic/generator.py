@@ -149,11 +149,6 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = DEFAULTS.min_mask_region_area,
         output_mode: str = "binary_mask",
     ) -> None:
-        if is_sam2_model(model):
-            raise ValueError(
-                "segment everything runs on SAM 1 models (vit_b, vit_l, vit_h, vit_t, micro-sam's, "
-                "vit_tiny) for now, not on SAM 2.1: load one of those for it"
-            )
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side or point_grids")
         if int(crop_n_layers) < 0:
@@ -192,7 +187,7 @@ class SamAutomaticMaskGenerator:
         if int(points_per_batch) < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         self.point_grids = grids
-        self.predictor = SamPredictor(model)
+        self.predictor = self._make_predictor(model, int(min_mask_region_area))
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -210,6 +205,15 @@ class SamAutomaticMaskGenerator:
         self._stop = threading.Event()
 
     # -- public -----------------------------------------------------------------------
+
+    @staticmethod
+    def _make_predictor(model: Sam, min_mask_region_area: int) -> SamPredictor:
+        if is_sam2_model(model):
+            raise ValueError(
+                "SamAutomaticMaskGenerator takes a SAM 1 model; for SAM 2.1 use "
+                "SAM2AutomaticMaskGenerator (or mask_generator_for(model))"
+            )
+        return SamPredictor(model)
 
     def cancel(self) -> None:
         """Ask a ``generate`` running in another thread to stop.
@@ -314,10 +318,14 @@ class SamAutomaticMaskGenerator:
         finally:
             if not self.keep_embedding:
                 self.predictor.reset_image()
+        return self._finish_crop(parts, crop_box)
+
+    def _finish_crop(self, parts: list[_Masks], crop_box) -> _Masks:
+        """One crop's batches together, duplicates suppressed, points and crop box set."""
         masks = _Masks.concatenate(parts)
         # duplicates within this crop (NMS is translation-invariant: full-image boxes do)
         masks = masks.select(nms(masks.boxes.float(), masks.iou_preds, self.box_nms_thresh))
-        masks.points = masks.points + np.array([x0, y0], dtype=np.float64)
+        masks.points = masks.points + np.array(crop_box[:2], dtype=np.float64)
         masks.crop_boxes = torch.tensor([crop_box] * len(masks), dtype=torch.int64).reshape(-1, 4)
         return masks
 

@@ -295,9 +295,9 @@ def segment_text(
             model = getattr(predictor, "model", None)
             if model is None:
                 raise ValueError("text prompts need a SAM model to propose candidates (load one)")
-            from ..automatic import SamAutomaticMaskGenerator
+            from ..automatic import mask_generator_for
 
-            generator = SamAutomaticMaskGenerator(model)
+            generator = mask_generator_for(model)
         if progress is not None:
             progress(0, steps["total"])
         # SAM's generator on the whole image embeds exactly what refining needs: let it
