@@ -139,3 +139,41 @@ def test_tracking_run_folder_with_sam2(predictor, tmp_path):
     table = read_table(tmp_path / "run" / "table.csv")
     assert set(np.unique(np.asarray(labels[2]))) <= {0, 3}
     assert len(table) == 10
+
+
+def test_interrupted_run_resumes_with_sam2(predictor, tmp_path):
+    """An unreadable frame stops the run with what was done kept; the same run again
+    (the storage back) goes on from there and fills every frame."""
+    from src_core.propagate import open_labels
+    from src_core.propagate.run import RunSettings, TrackingRun
+
+    class Flaky:
+        shape = (10, 48, 64)
+        broken = True
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            if i == 7 and self.broken:
+                raise OSError("network storage went away")
+            return _video(10)[i]
+
+    frames = Flaky()
+    prompts = [ObjectPrompt(frame=0, obj_id=5, points=np.array([[15.0, 18.0]]), labels=np.array([1]))]
+    settings = RunSettings(input="clip", frames=10, prompts="p", direction="forward", model="sam2.1_hiera_tiny")
+    run = TrackingRun(tmp_path / "run", settings)
+    run.start(prompts, (48, 64))
+    done = []
+    with pytest.raises(PropagationError):
+        for r in run.track(frames, predictor, prompts):
+            done.append(r.frame)
+    assert done == list(range(7))
+    frames.broken = False
+    again = TrackingRun(tmp_path / "run", settings)
+    assert again.started and not again.complete
+    rest = [r.frame for r in again.track(frames, predictor, prompts)]
+    assert rest[0] == 6 and rest[-1] == 9  # from the last frame done (its labels seed the object)
+    assert again.complete
+    labels = open_labels(tmp_path / "run" / "labels.zarr")
+    assert all((np.asarray(labels[t]) == 5).any() for t in range(10))

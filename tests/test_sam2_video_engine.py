@@ -139,6 +139,7 @@ def test_bad_input_is_refused_in_one_line_and_loses_nothing(model):
         (lambda: predictor.add_new_mask(state, 0, 2, np.ones((10, 10), bool)), "mask is 10x10 pixels, the video's frames are 64x48"),
         (lambda: predictor.add_new_mask(state, 0, 2, np.ones((2, 48, 64), bool)), "mask must be 2D"),
         (lambda: predictor.add_new_points_or_box(state, 0, [1], [[1, 1]], [1]), "object ids must be hashable"),
+        (lambda: predictor.add_new_points_or_box(state, 3, "1", [[1, 1]], [1]), "object id '1' (str) looks like object 1 (int)"),
         (lambda: list(predictor.propagate_in_video(state, start_frame_idx=-1)), "frame -1 is outside the video"),
         (lambda: predictor.init_state("/no/such/video.mp4"), "no video or frame folder at"),
         (lambda: predictor.init_state(np.zeros((0, 8, 8), np.uint8)), "there are no frames"),

@@ -141,6 +141,12 @@ class VideoState:
             raise ValueError(f"object ids must be hashable (an int or a str), got {obj_id!r}") from None
         track = self.objects.get(obj_id)
         if track is None:
+            for known in self.objects:
+                if str(known) == str(obj_id):  # 1 and "1": ids read from a file as text
+                    raise ValueError(
+                        f"object id {obj_id!r} ({type(obj_id).__name__}) looks like object {known!r} "
+                        f"({type(known).__name__}) already in the video: use one kind of id"
+                    )
             track = self.objects[obj_id] = ObjectTrack(obj_id, self.num_frames)
         return track
 
