@@ -223,3 +223,20 @@ def test_bfloat16_autocast_tracks_and_returns_float32(model):
     # measured by bench/bench_sam2_video.py; random weights say little about it)
     f32, bf16 = torch.stack(results[None]), torch.stack(results[torch.bfloat16])
     assert not torch.equal(f32, bf16) and torch.isfinite(bf16).all()
+
+
+def test_memory_bytes_counts_shared_storage_once(model):
+    predictor = SAM2VideoPredictor(model)
+    state = predictor.init_state(CountingFrames(20))
+    predictor.add_new_points_or_box(state, 0, 1, [[12, 20]], [1])
+    for _ in predictor.propagate_in_video(state):
+        pass
+    track = next(iter(state))
+    outputs = list(track.outputs["cond_frame_outputs"].values()) + list(track.outputs[NON_COND].values())
+    own = sum(
+        out[k].numel() * out[k].element_size()
+        for out in outputs
+        for k in ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")
+    )
+    shared = sum(x.numel() * x.element_size() for x in state.maskmem_pos_enc)  # one copy for all frames
+    assert state.memory_bytes() == own + shared

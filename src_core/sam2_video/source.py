@@ -175,8 +175,8 @@ class VideoSource:
         rgb = self.rgb(frame_idx)
         size = (self.image_size, self.image_size)
         if rgb.shape[:2] != size:
-            rgb = np.asarray(Image.fromarray(rgb).resize(size))  # Pillow's default: bicubic
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float64) / 255.0
+            rgb = np.array(Image.fromarray(rgb).resize(size))  # Pillow's default: bicubic
+        x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(torch.float64) / 255.0  # a writable copy
         x = x.to(torch.float32)
         mean = torch.tensor(_MEAN, dtype=torch.float32)[:, None, None]
         std = torch.tensor(_STD, dtype=torch.float32)[:, None, None]

@@ -151,17 +151,15 @@ class VideoState:
         return track
 
     def memory_bytes(self) -> int:
-        """Bytes held by the stored outputs (tensors counted once)."""
-        seen: set[int] = set()
-        total = 0
+        """Bytes held by the stored outputs (memory shared between them counted once)."""
+        storages: dict[tuple[str, int], int] = {}
         for track in self:
             for store in (track.outputs, track.temp):
                 for outs in store.values():
                     for out in outs.values():
                         for value in out.values():
-                            tensors = value if isinstance(value, list) else [value]
-                            for t in tensors:
-                                if isinstance(t, torch.Tensor) and id(t) not in seen:
-                                    seen.add(id(t))
-                                    total += t.numel() * t.element_size()
-        return total
+                            for t in value if isinstance(value, list) else [value]:
+                                if isinstance(t, torch.Tensor):
+                                    storage = t.untyped_storage()
+                                    storages[(str(t.device), storage.data_ptr())] = storage.nbytes()
+        return sum(storages.values())
