@@ -297,28 +297,32 @@ class SamAutomaticMaskGenerator:
         except Cancelled as err:
             raise Cancelled("mask generation was cancelled") from err
         try:
-            model = self.predictor.model
-            threshold = model.mask_threshold
-            offset = self.stability_score_offset
-            upsampler = LogitUpsampler(
-                model.prompt_encoder.mask_input_size[0],
-                model.image_encoder.img_size,
-                self.predictor.input_size,
-                crop_size,
-                floor=min(threshold - offset, threshold, threshold + offset),
-            )
-            tokens = self._image_tokens()
+            process = self._batch_processor(crop_box, crop_size, size)
             points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[None, ::-1]
             parts = []
             for start in range(0, len(points), self.points_per_batch):
                 stop_requested()
-                batch = points[start : start + self.points_per_batch]
-                parts.append(self._process_batch(batch, tokens, upsampler, crop_box, size))
+                parts.append(process(points[start : start + self.points_per_batch]))
                 batch_done()
         finally:
             if not self.keep_embedding:
                 self.predictor.reset_image()
         return self._finish_crop(parts, crop_box)
+
+    def _batch_processor(self, crop_box, crop_size, size) -> Callable[[np.ndarray], _Masks]:
+        """``process(points)`` for the crop just embedded: one point batch to masks."""
+        model = self.predictor.model
+        threshold = model.mask_threshold
+        offset = self.stability_score_offset
+        upsampler = LogitUpsampler(
+            model.prompt_encoder.mask_input_size[0],
+            model.image_encoder.img_size,
+            self.predictor.input_size,
+            crop_size,
+            floor=min(threshold - offset, threshold, threshold + offset),
+        )
+        tokens = self._image_tokens()
+        return lambda points: self._process_batch(points, tokens, upsampler, crop_box, size)
 
     def _finish_crop(self, parts: list[_Masks], crop_box) -> _Masks:
         """One crop's batches together, duplicates suppressed, points and crop box set."""

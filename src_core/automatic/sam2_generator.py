@@ -96,29 +96,8 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
 
     # -- per crop and batch -----------------------------------------------------------
 
-    def _process_crop(self, image, crop_box, layer, size, stop_requested, batch_done) -> _Masks:
-        from ..jobs import Cancelled
-
-        x0, y0, x1, y1 = crop_box
-        cropped = image[y0:y1, x0:x1]
-        crop_size = (int(cropped.shape[0]), int(cropped.shape[1]))
-        stop_requested()
-        try:
-            self.predictor.set_image(cropped)
-        except Cancelled as err:
-            raise Cancelled("mask generation was cancelled") from err
-        try:
-            points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[None, ::-1]
-            parts = []
-            for start in range(0, len(points), self.points_per_batch):
-                stop_requested()
-                batch = points[start : start + self.points_per_batch]
-                parts.append(self._process_batch(batch, crop_box, crop_size, size))
-                batch_done()
-        finally:
-            if not self.keep_embedding:
-                self.predictor.reset_predictor()
-        return self._finish_crop(parts, crop_box)
+    def _batch_processor(self, crop_box, crop_size, size):
+        return lambda points: self._process_batch(points, crop_box, crop_size, size)
 
     def _decode_points(self, points: np.ndarray, crop_size, mask_input=None, multimask=None):
         predictor = self.predictor
