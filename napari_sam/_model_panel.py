@@ -37,17 +37,15 @@ def load_predictor(choice: ModelChoice):
     """Build the chosen model and its predictor (runs in a worker: may download):
     SAM 2.1's image predictor for a SAM 2.1 name or file, else SAM 1's."""
     from src_core import SamPredictor, build_sam
-    from src_core.checkpoints import SAM2_CHECKPOINTS, load_state_dict
+    from src_core.checkpoints import SAM2_CHECKPOINTS, holds_sam2, load_state_dict
 
     checkpoint, sam2_size = choice.checkpoint, None
-    if checkpoint:
-        state = load_state_dict(checkpoint)
-        if "image_encoder.trunk.pos_embed" in state:  # a SAM 2 file, whatever the box says
-            from src_core.model.sam2.build import infer_sam2_size
+    if checkpoint and holds_sam2(checkpoint):  # a SAM 2 file, whatever the box says
+        from src_core.model.sam2.build import infer_sam2_size
 
-            sam2_size = infer_sam2_size(state) or "tiny"  # an unknown size is refused by build_sam2
-        del state
-    elif choice.model_type in SAM2_CHECKPOINTS:
+        checkpoint = load_state_dict(checkpoint)  # loaded once, given to the builder
+        sam2_size = infer_sam2_size(checkpoint) or "tiny"  # an unknown size is refused by build_sam2
+    elif not checkpoint and choice.model_type in SAM2_CHECKPOINTS:
         sam2_size = choice.model_type
     if sam2_size is not None:
         from src_core import SAM2ImagePredictor, build_sam2

@@ -826,6 +826,19 @@ def local_file(path: str | os.PathLike, label: str, hint: str = "") -> Path:
     raise FileNotFoundError(f"{label} {path} {what}." + (f" {hint}" if hint else ""))
 
 
+def holds_sam2(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint file holds a SAM 2 model, read without loading its tensors
+    (memory-mapped), so that choosing the builder does not read a large file twice."""
+    import torch
+
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format file, damaged...: the builder says what is wrong
+        return False
+    tables = [loaded] + [v for v in loaded.values() if isinstance(v, dict)] if isinstance(loaded, dict) else []
+    return any("image_encoder.trunk.pos_embed" in t for t in tables)
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint's weights on the CPU without running any pickled code.
 

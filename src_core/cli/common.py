@@ -344,14 +344,12 @@ def sam2_model_name(args: argparse.Namespace) -> str | None:
 
     if args.model is not None:
         return args.model if args.model in checkpoints.SAM2_CHECKPOINTS else None
-    if args.checkpoint is None:
+    if args.checkpoint is None or not checkpoints.holds_sam2(args.checkpoint):
         return None
     try:
         state = checkpoints.load_state_dict(args.checkpoint)
     except ENGINE_ERRORS as exc:
         raise UsageError(str(exc)) from exc
-    if "image_encoder.trunk.pos_embed" not in state:
-        return None
     size = infer_sam2_size(state)
     if size is None:
         raise UsageError(f"{args.checkpoint} holds a SAM 2 model of an unknown size")
