@@ -30,7 +30,8 @@ def main() -> None:
     from segment_anything import sam_model_registry
 
     from src_core import SamPredictor, build_sam
-    from src_core.device import bfloat16_is_fast
+    from src_core.device import bfloat16_is_fast, cpu_kind
+    from src_core.model.vit_attention import attention_path
 
     torch.manual_seed(0)
     reference = randomize_(sam_model_registry[args.model](), seed=0).eval()
@@ -45,7 +46,12 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     print(f"model: {args.model} (random weights), image {args.size}x{args.size} uint8 RGB")
-    print(f"bfloat16 native on this CPU: {bfloat16_is_fast(torch.device('cpu'))}")
+    print(f"bfloat16 native on this CPU: {bfloat16_is_fast(torch.device('cpu'))}; CPU kind: {cpu_kind()}")
+    with torch.inference_mode():
+        paths = {
+            dtype: attention_path(torch.zeros(1, dtype=dtype)) for dtype in (torch.float32, torch.bfloat16)
+        }
+    print(f"encoder attention path: float32 {paths[torch.float32]!r}, bfloat16 {paths[torch.bfloat16]!r}")
     rows = []
     with torch.inference_mode():
         t_ref = best_time(lambda: ref.set_image(image), args.repeats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -33,16 +34,44 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def cpu_supports_bfloat16() -> bool:
-    """True when the CPU has native bfloat16 matrix instructions (AMX or AVX512-BF16)."""
+@lru_cache(maxsize=1)
+def _cpu_flags() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if sys.platform.startswith("linux") and cpuinfo.exists():
-        flags = cpuinfo.read_text(errors="ignore")
+        return cpuinfo.read_text(errors="ignore")
+    return ""
+
+
+def _torch_cpu_check(name: str) -> bool:
+    checker = getattr(torch.cpu, name, None)
+    return bool(checker()) if checker is not None else False
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True when the CPU has native bfloat16 matrix instructions (AMX or AVX512-BF16)."""
+    flags = _cpu_flags()
+    if flags:
         return "amx_bf16" in flags or "avx512_bf16" in flags
     if sys.platform == "darwin":
         return False  # Apple silicon runs through MPS; Intel Macs lack AMX
-    checker = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(checker()) if checker is not None else False
+    return _torch_cpu_check("_is_avx512_bf16_supported")
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
+    flags = _cpu_flags()
+    if flags:
+        return "amx_bf16" in flags
+    if sys.platform == "darwin":
+        return False
+    return _torch_cpu_check("_is_amx_tile_supported")
+
+
+def cpu_kind() -> str:
+    """The CPU's bfloat16 class, as the benchmarks report it: "amx", "avx512-bf16" or "plain"."""
+    if cpu_has_amx():
+        return "amx"
+    return "avx512-bf16" if cpu_supports_bfloat16() else "plain"
 
 
 def bfloat16_is_fast(device: torch.device) -> bool:

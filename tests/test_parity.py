@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -209,16 +211,59 @@ def test_full_vit_b_geometry(tmp_path):
         assert mask_iou(a, b) >= 0.98, kind
 
 
-def test_gpu_attention_path_matches_on_cpu(small_pair, monkeypatch):
-    """The encoder's SDPA path (used on GPUs) computes the same as the CPU path."""
-    from src_core.model.image_encoder import Attention
+@pytest.mark.parametrize("path", ["sdpa", "blocked", "folded"])
+def test_every_attention_path_matches_reference(small_pair, monkeypatch, path):
+    """Each attention kernel the dispatcher can pick computes Meta's encoder in float32
+    (the rule picks only by hardware and dtype, so every kernel runs on any CPU)."""
+    from src_core.model.vit_attention import Attention
 
     ref, ours = small_pair
     x = torch.as_tensor(astronaut_image(1024, 1024)).permute(2, 0, 1)[None].float()
+    monkeypatch.setattr(Attention, "path", path)
     with torch.no_grad():
         expected = ref.image_encoder(ref.preprocess(x))
-        blocked = ours.encode_image(ours.preprocess(x))
-        monkeypatch.setattr(Attention, "_blocked_attention", Attention._sdpa_attention)
-        sdpa = ours.encode_image(ours.preprocess(x))
-    assert (blocked - expected).abs().max() <= EMBED_TOL
-    assert (sdpa - expected).abs().max() <= EMBED_TOL
+        got = ours.encode_image(ours.preprocess(x))
+    assert (got - expected).abs().max() <= EMBED_TOL
+
+
+@pytest.mark.parametrize("path", ["sdpa", "blocked", "folded"])
+def test_every_attention_path_in_bfloat16(small_pair, monkeypatch, path):
+    """bfloat16 encoders on each kernel stay close to the float32 reference."""
+    from src_core.model.vit_attention import Attention
+
+    ref, ours = small_pair
+    x = torch.as_tensor(astronaut_image(1024, 1024)).permute(2, 0, 1)[None].float()
+    monkeypatch.setattr(Attention, "path", path)
+    with torch.no_grad():
+        expected = ref.image_encoder(ref.preprocess(x))
+        ours16 = copy.deepcopy(ours).set_encoder_dtype(torch.bfloat16)
+        got = ours16.encode_image(ours16.preprocess(x))
+    assert got.dtype == torch.float32
+    rel = (got - expected).abs().max() / expected.abs().max()
+    assert rel <= 0.05, rel
+
+
+def test_attention_rule(monkeypatch):
+    """The dispatcher's documented rule: folded only for bfloat16 on AMX CPUs without
+    autograd; blocked on other CPUs; SDPA on GPUs and for training; the override wins."""
+    from src_core.model import vit_attention
+    from src_core.model.vit_attention import Attention, attention_path
+
+    x32, x16 = torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4, dtype=torch.bfloat16)
+    for amx, expect16 in ((True, "folded"), (False, "blocked")):
+        monkeypatch.setattr(vit_attention, "cpu_has_amx", lambda amx=amx: amx)
+        with torch.no_grad():
+            assert attention_path(x16) == expect16
+            assert attention_path(x32) == "blocked"
+        with torch.enable_grad():
+            assert attention_path(x16) == "sdpa"
+    attn = Attention(8, 2, use_rel_pos=True, input_size=(2, 2))
+    monkeypatch.setattr(Attention, "path", "blocked")
+    with torch.no_grad():
+        assert attn.kernel(x16) == "blocked"
+    monkeypatch.setattr(Attention, "path", "folded")
+    with torch.enable_grad():
+        assert attn.kernel(x16) == "sdpa"  # folded fills buffers in place: not for autograd
+    monkeypatch.setattr(Attention, "path", "fast")
+    with pytest.raises(ValueError, match="unknown attention path 'fast'"):
+        attn.kernel(x16)

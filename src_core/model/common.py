@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fused import linear_act, linear_add
+
 
 class LayerNorm2d(nn.Module):
     """Layer normalization over the channel axis of a (B, C, H, W) tensor.
@@ -40,5 +42,9 @@ class MLPBlock(nn.Module):
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)
         self.act = act()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``lin2(act(lin1(x)))``, plus ``residual`` when given (fused where it pays)."""
+        hidden = linear_act(x, self.lin1, self.act)
+        if residual is None:
+            return linear_act(hidden, self.lin2)
+        return linear_add(hidden, self.lin2, residual)
