@@ -9,7 +9,7 @@ speed
     tracked forward. Meta's ``sam2==1.1.0`` ``SAM2VideoPredictor`` (built with hydra
     from its yaml with the overrides of its ``build_sam2_video_predictor``; random
     weights, loaded strictly into ours) in float32 and under a caller's bfloat16
-    CPU autocast, ours in float32 and in bfloat16 (``model.autocast_dtype``), hiera
+    CPU autocast, ours in float32 and in bfloat16 (``model.set_compute_dtype``), hiera
     tiny and base_plus (``--sizes``). Hole filling off on both (``fill_hole_area=0``:
     Meta's needs its CUDA extension and skips it on a CPU). Meta's up-front frame
     loading is timed apart. Each run's time is split between the image encoder
@@ -40,6 +40,7 @@ vary with the machine and its load.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -384,9 +385,10 @@ def part_speed(args) -> None:
         folder = write_jpegs(clip, Path(tmp) / "clip")
         for size in args.sizes:
             ref, ours = model_pair(size)
+            ours16 = copy.deepcopy(ours).set_compute_dtype(torch.bfloat16)
             x = torch.randn(1, 3, 1024, 1024)
             with torch.inference_mode():  # warm-up: the first call of each kernel set pays extra
-                for model in (ref, ours):
+                for model in (ref, ours, ours16):
                     model.forward_image(x)
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         model.forward_image(x)
@@ -400,8 +402,8 @@ def part_speed(args) -> None:
                     if meta:
                         predictor, model = ref, ref
                     else:
-                        ours.autocast_dtype = torch.bfloat16 if bf16 else None
-                        predictor, model = SAM2VideoPredictor(ours, fill_hole_area=0), ours
+                        model = ours16 if bf16 else ours
+                        predictor = SAM2VideoPredictor(model, fill_hole_area=0)
                     for attempt in range(3):  # another process took a core: run it again
                         quiet = wait_quiet(args.wait_quiet)
                         r = track_run(predictor, model, folder, click, args.frames, meta, bf16 and meta)
@@ -413,7 +415,6 @@ def part_speed(args) -> None:
                     print(f"  {size} {name} #{rep + 1} ({quiet}; during: others {r['others']:.2f} cores): "
                           f"init {r['init']:.2f} s (frame loading {r['load']:.2f} s), click {r['click']:.2f} s, "
                           f"per frame {pf.mean():.2f} s, frames {np.round(pf, 2).tolist()}", flush=True)
-            ours.autocast_dtype = None
             runs = {name: merge(r) for name, r in reps.items()}
             fn, a, k = runs["ours float32"]["last_memory_attention"]
             memory_tokens = int(k["memory"].shape[0])
@@ -421,7 +422,7 @@ def part_speed(args) -> None:
             for r in runs.values():
                 r.pop("last_memory_attention", None)
             tables.append((size, runs, work, memory_tokens))
-            del ref, ours, model, predictor, fn, a, k
+            del ref, ours, ours16, model, predictor, fn, a, k
 
     peaks = {d: matmul_peak(getattr(torch, d)) for d in ("float32", "bfloat16")}
     print("\nthis machine's 4096^3 matrix product: "
@@ -525,7 +526,7 @@ def child_ours(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_sam2_model("tiny", image_size=args.image_size, binarize_mask_from_pts_for_mem_enc=True).eval()
-    model.autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    model.set_compute_dtype(torch.bfloat16 if args.dtype == "bfloat16" else None)
     predictor = SAM2VideoPredictor(model, fill_hole_area=0)
     video = args.folder if args.folder else PanningVideo(args.frames)
     before = rss()
@@ -663,8 +664,8 @@ def part_embed(args) -> None:
     del sam
     for size in args.embed_sizes:
         model = build_sam2_model(size).eval()
-        for dtype in ("float32", "bfloat16"):
-            model.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        for dtype in ("float32", "bfloat16"):  # float32 first: bfloat16 rounds the trunk
+            model.set_compute_dtype(getattr(torch, dtype))
 
             def embed(m=model):
                 with m.compute_context():

@@ -122,7 +122,8 @@ def build_sam2(
         None or "auto" picks cuda > mps > cpu.
     dtype : str or torch.dtype or None
         None or "float32": float32. "bfloat16": the predictors run the model under
-        bfloat16 autocast (weights stay float32; masks and logits come out float32).
+        bfloat16 autocast, the image encoder's trunk with bfloat16 weights (see
+        ``Sam2Model.set_compute_dtype``); masks and logits come out float32.
         "auto": bfloat16 where the hardware runs it natively (AMX or AVX512-BF16
         CPUs, recent GPUs), else float32.
     download : bool
@@ -159,5 +160,4 @@ def build_sam2(
     model = build_sam2_model(size, **{**_POSTPROCESSING, **overrides})
     _load_strictly(model, state_dict, size, source)
     model.weights_id = weights_id  # names these weights for caches of their outputs
-    model.autocast_dtype = None if compute_dtype == torch.float32 else compute_dtype
-    return model.to(torch_device).eval()
+    return model.to(torch_device).set_compute_dtype(compute_dtype).eval()

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused import linear_act, linear_add
+
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Cut a (B, H, W, C) map into (B * nh * nw, window, window, C) windows.
@@ -74,7 +76,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # contiguous channels-last tokens: a permuted view would leave the whole
+        # residual stream strided, and every add, norm and copy after it slower
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 class MLP(nn.Module):
@@ -85,10 +89,13 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.act = act()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The layers on ``x``, plus ``residual`` when given (fused where it pays)."""
         for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+            x = linear_act(x, layer, self.act)
+        if residual is None:
+            return linear_act(x, self.layers[-1])
+        return linear_add(x, self.layers[-1], residual)
 
 
 class MultiScaleAttention(nn.Module):
@@ -113,7 +120,7 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
+        qkv = linear_act(x, self.qkv).reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # each (B, HW, heads, head_dim)
         if self.q_stride:
             # Pool over space with heads and channels stacked, as the channels were laid out.
@@ -122,7 +129,7 @@ class MultiScaleAttention(nn.Module):
             q = q.reshape(b, h * w, self.num_heads, -1)
         x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(x)
+        return linear_act(x, self.proj)
 
 
 class MultiScaleBlock(nn.Module):
@@ -178,7 +185,7 @@ class MultiScaleBlock(nn.Module):
         else:
             x = self.attn(x)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class Hiera(nn.Module):
@@ -256,14 +263,29 @@ class Hiera(nn.Module):
         self.channel_list = [self.blocks[end].dim_out for end in reversed(self.stage_ends)]
 
     def _pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
-        """The position embedding for an (h, w) patch grid, as (1, h, w, C)."""
+        """The position embedding for an (h, w) patch grid, as contiguous (1, h, w, C).
+
+        Without autograd it is kept for the next frame of the same size (the bicubic
+        resize alone took 28 ms of a 0.55 s bfloat16 encoder on two cores); the key
+        includes the parameters' versions, so loading new weights recomputes it.
+        """
         h, w = hw
         window = self.pos_embed_window.shape[-1]
         if h % window or w % window:
             raise ValueError(f"patch grid {h}x{w} must be a multiple of the window {window} (image of 32 px steps)")
+        key = (h, w, self.pos_embed.dtype, self.pos_embed.device) + tuple(
+            (p.data_ptr(), 0 if p.is_inference() else p._version)
+            for p in (self.pos_embed, self.pos_embed_window)
+        )
+        cached = getattr(self, "_pos_cache", None)
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            return cached[1]
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
         pos = pos + self.pos_embed_window.tile(1, 1, h // window, w // window)
-        return pos.permute(0, 2, 3, 1)
+        pos = pos.permute(0, 2, 3, 1).contiguous()
+        if not torch.is_grad_enabled():
+            self._pos_cache = (key, pos)
+        return pos
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode a (B, 3, H, W) image into per-stage maps at strides 4, 8, 16 and 32."""

@@ -114,7 +114,11 @@ class ImageEncoder(nn.Module):
         self.scalp = scalp
 
     def forward(self, sample: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        features, pos = self.neck(self.trunk(sample))
+        trunk_dtype = self.trunk.patch_embed.proj.weight.dtype
+        levels = self.trunk(sample.to(trunk_dtype))
+        if trunk_dtype != sample.dtype:  # a bfloat16 trunk (Sam2Model.set_compute_dtype)
+            levels = [level.to(sample.dtype) for level in levels]
+        features, pos = self.neck(levels)
         if self.scalp > 0:
             features, pos = features[: -self.scalp], pos[: -self.scalp]
         return {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}
