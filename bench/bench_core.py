@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="encoder runs (best is kept)")
     parser.add_argument("--clicks", type=int, default=20, help="decoder runs (best is kept)")
     parser.add_argument("--size", type=int, default=1024, help="square test image side")
+    parser.add_argument("--batch", type=int, default=2,
+                        help="also time the bfloat16 encoder on this many planes at once (0: skip)")
     args = parser.parse_args()
 
     use_reference()
@@ -86,6 +88,18 @@ def main() -> None:
 
         u_32 = best_time(update, args.clicks, warmup=3) / 2
         rows.append(("plugin update (per prompt edit), ours", u_32, c_ref / u_32))
+        if args.batch > 1:
+            # embedding a stack: planes through the encoder one at a time, or several at once
+            model16 = ours16.model
+            planes = model16.preprocess(
+                torch.as_tensor(image).permute(2, 0, 1)[None].float().expand(args.batch, -1, -1, -1)
+            )
+            one = best_time(lambda: [model16.encode_image(p[None]) for p in planes], 1)
+            batched = best_time(lambda: model16.encode_image(planes), 1)
+            rows += [
+                (f"stack of {args.batch}: one at a time", one, args.batch / one),
+                (f"stack of {args.batch}: batched", batched, args.batch / batched),
+            ]
         emb_diff = (ref.features - ours32.features).abs().max().item()
         ref_masks = ref.predict(**point)[0]
         iou32 = min(mask_iou(a, b) for a, b in zip(ref_masks, ours32.predict(**point)[0]))
@@ -93,7 +107,8 @@ def main() -> None:
 
     print(f"{'what':34s} {'seconds':>9s} {'speed-up vs reference':>22s}")
     for name, seconds, ratio in rows:
-        print(f"{name:34s} {seconds:9.3f} {ratio:21.2f}x")
+        unit = " planes/s" if name.startswith("stack") else "x"
+        print(f"{name:34s} {seconds:9.3f} {ratio:21.2f}{unit}")
     print(f"check: embedding max |diff| float32 {emb_diff:.2e}; mask IoU vs reference: "
           f"float32 {iou32:.4f}, bfloat16 {iou16:.4f}")
 
