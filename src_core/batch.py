@@ -87,10 +87,30 @@ class ModelSpec:
     dtype: str = "auto"
 
     def build(self) -> Any:
-        """Load the model (a :class:`~src_core.model.sam.Sam` in eval mode)."""
+        """Load the model in eval mode: a SAM 1 :class:`~src_core.model.sam.Sam`, or a
+        SAM 2.1 model for a ``sam2.1_hiera_*`` type (or "auto" on a SAM 2 file)."""
+        from .checkpoints import SAM2_CHECKPOINTS, holds_sam2
         from .model.build import build_sam
+        from .model.sam2.build import build_sam2
 
+        sam2 = self.model_type in SAM2_CHECKPOINTS or (
+            self.model_type == "auto" and self.checkpoint is not None and holds_sam2(self.checkpoint)
+        )
+        if sam2:
+            name = self.model_type if self.model_type != "auto" else _sam2_name(self.checkpoint)
+            return build_sam2(name, self.checkpoint, self.device, self.dtype, download=False)
         return build_sam(self.model_type, self.checkpoint, self.device, self.dtype, download=False)
+
+
+def _sam2_name(checkpoint: str) -> str:
+    """The SAM 2.1 model a SAM 2 file holds (its size read from the weights)."""
+    from .checkpoints import load_state_dict
+    from .model.sam2.build import infer_sam2_size
+
+    size = infer_sam2_size(load_state_dict(checkpoint))
+    if size is None:
+        raise ValueError(f"{checkpoint} holds a SAM 2 model of an unknown size")
+    return f"sam2.1_hiera_{size}"
 
 
 @dataclass(frozen=True)
@@ -276,7 +296,8 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
     """
     if item.problem:
         return ImageResult(item.key, "failed", item.problem)
-    from .automatic import SamAutomaticMaskGenerator
+    from .automatic import mask_generator_for
+    from .protocols import is_sam2_model
 
     try:
         sam = models.get(job.model)
@@ -284,7 +305,7 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
         return ImageResult(item.key, "failed", f"cannot load the model: {_one_line(exc)}",
                            fatal=True)
     try:
-        generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **asdict(job.settings))
+        generator = mask_generator_for(sam, output_mode="coco_rle", **asdict(job.settings))
     except ValueError as exc:
         return ImageResult(item.key, "failed", f"bad generator settings: {_one_line(exc)}",
                            fatal=True)
@@ -296,12 +317,17 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
 
         image = read_image(item, videos)
         model_type = job.model.model_type
-        if model_type == "auto":
+        if model_type == "auto" and is_sam2_model(sam):
+            model_type = _sam2_name(job.model.checkpoint)
+        elif model_type == "auto":
             from .model.build import infer_model_type
 
             model_type = infer_model_type(sam.state_dict()) or "unknown"
-        # large images: tile by tile, labels painted into a memmap (deleted once written)
-        large = label_large_image(generator, image, sam.image_encoder.img_size, Path(job.out_dir))
+        # large images: tile by tile, labels painted into a memmap (deleted once written);
+        # SAM 2.1 does not tile yet: its generator takes the plane whole
+        large = None if is_sam2_model(sam) else label_large_image(
+            generator, image, sam.image_encoder.img_size, Path(job.out_dir)
+        )
         if large is not None:
             records, labels, labels_file = large
             try:

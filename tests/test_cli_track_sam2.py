@@ -1,4 +1,4 @@
-"""``napari-sam track`` with a SAM 2.1 model: memory tracking end to end.
+"""``napari-sam track``, ``segment`` and ``label`` with a SAM 2.1 model, end to end.
 
 A SAM 2.1 tiny checkpoint with random weights, as Meta saves its files, at the real
 1024-px input (what is checked is plumbing: the model is picked from the file, the
@@ -78,3 +78,68 @@ def test_sam1_options_refused_with_sam2(sam2_file, clip, tmp_path, capsys, extra
                  "--model", "sam2.1_hiera_tiny", "--checkpoint", str(sam2_file), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory) -> Path:
+    import tifffile
+
+    image = np.zeros((90, 120, 3), np.uint8)
+    image[20:60, 30:80] = (230, 120, 40)
+    image[65:85, 90:115] = (40, 200, 90)
+    path = tmp_path_factory.mktemp("plane") / "plane.tif"
+    tifffile.imwrite(path, image)
+    return path
+
+
+def test_segment_with_sam2(sam2_file, plane, tmp_path, capsys):
+    """A point and a box on one object, then two boxes (one object each, SAM 2.1's
+    batched boxes); labels at the image's size."""
+    import tifffile
+
+    out = tmp_path / "one.tif"
+    assert main(["segment", str(plane), "--point", "50,40", "--box", "28,18,82,62",
+                 "--checkpoint", str(sam2_file), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "loading the sam2.1_hiera_tiny model" in err
+    labels = tifffile.imread(out)
+    assert labels.shape == (90, 120) and set(np.unique(labels)) <= {0, 1} and labels.any()
+
+    out2 = tmp_path / "two.tif"
+    assert main(["segment", str(plane), "--box", "28,18,82,62", "--box", "88,63,117,87",
+                 "--model", "sam2.1_hiera_tiny", "--checkpoint", str(sam2_file), "-o", str(out2)]) == 0
+    printed = capsys.readouterr().out
+    assert "label 1:" in printed and "label 2:" in printed
+    assert tifffile.imread(out2).shape == (90, 120)
+
+
+def test_segment_text_refused_with_sam2(sam2_file, plane, tmp_path, capsys):
+    code = main(["segment", str(plane), "--text", "a cell", "--checkpoint", str(sam2_file),
+                 "-o", str(tmp_path / "t.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--text runs on SAM 1 models for now" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "t.tif").exists()
+
+
+def test_label_with_sam2(sam2_file, plane, tmp_path, capsys):
+    """Segment everything over a folder with SAM 2.1's generator: the model is read
+    from the file, every image gets its labels and COCO JSON naming the model."""
+    import shutil
+
+    import tifffile
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(plane, data / "a.tif")
+    tifffile.imwrite(data / "b.tif", np.asarray(tifffile.imread(plane))[:60, :100, 0])
+    out = tmp_path / "out"
+    code = main(["label", str(data), "-o", str(out), "--checkpoint", str(sam2_file),
+                 "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                 "--device", "cpu", "--dtype", "float32"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "sam2.1_hiera_tiny.pt" in err  # the model named in the status line
+    for key, shape in (("a", (90, 120)), ("b", (60, 100))):
+        record = json.loads((out / f"{key}.json").read_text())
+        assert record["image"]["model"] == "sam2.1_hiera_tiny"
+        assert tifffile.imread(out / f"{key}.tif").shape == shape

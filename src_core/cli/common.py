@@ -290,8 +290,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, metavar="NAME",
         help="vit_b, vit_l, vit_h, vit_t, a microscopy model (vit_b_lm, ...: see 'napari-sam "
         "models') or vit_tiny (default: inferred from --checkpoint, else a cached published "
-        "model, else the built-in vit_tiny); track also takes SAM 2.1 (sam2.1_hiera_tiny, ...) "
-        "and then follows objects with its memory",
+        "model, else the built-in vit_tiny); segment and track also take SAM 2.1 "
+        "(sam2.1_hiera_tiny, ...), and track then follows objects with its memory",
     )
     parser.add_argument(
         "--checkpoint", default=None, metavar="FILE",
@@ -356,6 +356,25 @@ def sam2_model_name(args: argparse.Namespace) -> str | None:
     return f"sam2.1_hiera_{size}"
 
 
+def build_sam2_image_predictor(args: argparse.Namespace, name: str) -> Any:
+    """SAM 2.1's image predictor (:class:`~src_core.sam2_predictor.SAM2ImagePredictor`)
+    for the model ``name``."""
+    from ..model.sam2.build import build_sam2
+    from ..sam2_predictor import SAM2ImagePredictor
+
+    bar = ProgressBar(f"downloading {name}", "B")
+    try:
+        status(f"loading the {name} model...")
+        return SAM2ImagePredictor(build_sam2(
+            name, args.checkpoint, device=args.device, dtype=args.dtype,
+            download=not args.no_download, progress=bar,
+        ))
+    except ENGINE_ERRORS as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        bar.close()
+
+
 def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
     """SAM 2.1's video predictor (:mod:`src_core.sam2_video`) for the model ``name``."""
     from ..sam2_video import build_sam2_video_predictor
@@ -389,7 +408,8 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
     from ..model.build import MODEL_CONFIGS
 
     model = args.model
-    known = [*MODEL_CONFIGS, *(name for name in checkpoints.sam_checkpoints() if name not in MODEL_CONFIGS)]
+    known = [*MODEL_CONFIGS, *(name for name in checkpoints.sam_checkpoints() if name not in MODEL_CONFIGS),
+             *checkpoints.SAM2_CHECKPOINTS]
     if model is not None and model not in known:
         raise UsageError(f"unknown model {model!r}; expected one of {', '.join(known)}")
     if args.checkpoint is not None:

@@ -24,6 +24,7 @@ from .common import (
     UsageError,
     add_model_arguments,
     build_model,
+    build_sam2_image_predictor,
     check_model_name,
     check_not_blank,
     check_output_file,
@@ -32,6 +33,7 @@ from .common import (
     parse_channels,
     parse_point,
     read_image,
+    sam2_model_name,
     select_plane,
     status,
     write_labels,
@@ -122,9 +124,11 @@ def _predict(predictor: Any, points: list[Point], boxes: list[Box], multimask: b
     else:  # boxes only: one object per box, all in one batched call
         box = np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], dtype=np.float64)
         masks, iou, _ = predictor.predict(box=box, multimask_output=multimask)
+        if masks.ndim == 3:  # SAM 2.1's predictor drops the batch axis of a single box, as Meta's
+            masks, iou = masks[None], iou[None]
     best = np.argmax(iou, axis=1)
     rows = np.arange(len(best))
-    return masks[rows, best], iou[rows, best]
+    return masks[rows, best] > 0, iou[rows, best]  # SAM 2.1's masks are 0/1 floats
 
 
 def _paint_labels(masks: Any, iou: Any) -> Any:
@@ -140,9 +144,12 @@ def _paint_labels(masks: Any, iou: Any) -> Any:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     if args.model is not None:
-        check_model_name(args.model)
+        check_model_name(args.model, sam2=True)
     if args.text is not None:
         from .text import cmd_segment_text
+
+        if sam2_model_name(args) is not None:
+            raise UsageError("--text runs on SAM 1 models for now (vit_b, vit_tiny, ...), not on SAM 2.1")
 
         return cmd_segment_text(args)
     points = [parse_point(text) for text in args.point]
@@ -179,6 +186,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         check_not_blank(image, image_path)
     _check_prompts_inside(points, boxes, height, width)
 
+    sam2_name = sam2_model_name(args)
+    if sam2_name is not None:  # SAM 2.1: the plane is embedded whole, resized to its input
+        if size is not None:
+            raise UsageError(
+                f"{image_path} is a large plane ({width}x{height}); SAM 2.1 models do not tile "
+                "yet: use a SAM 1 model (e.g. --model vit_b) or crop it"
+            )
+        return _segment_plane(build_sam2_image_predictor(args, sam2_name), image, args, channels,
+                              points, boxes, output, (height, width))
     sam = build_model(args)
     plan = tiling_plan((height, width), sam.image_encoder.img_size)
     if plan is not None:  # large: tile by tile, labels through a memmap into a tiled TIFF
@@ -195,7 +211,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from ..predictor import SamPredictor
 
-    predictor = SamPredictor(sam)
+    return _segment_plane(SamPredictor(sam), image, args, channels, points, boxes, output, (height, width))
+
+
+def _segment_plane(predictor: Any, image: Any, args: argparse.Namespace, channels: Any,
+                   points: list[Point], boxes: list[Box], output: Path, hw: tuple[int, int]) -> int:
+    """Embed the plane whole with ``predictor`` (SAM 1's or SAM 2.1's), write the labels."""
+    height, width = hw
     status("computing the image embedding...")
     try:
         predictor.set_image(image, channel_axis=args.channel_axis, channels=channels)
