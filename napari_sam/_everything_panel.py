@@ -17,23 +17,16 @@ crop, so no full-size mask or float copy of the plane is made.
 
 from __future__ import annotations
 
-import threading
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
     QGroupBox,
-    QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from src_core.automatic.settings import DEFAULTS
@@ -41,7 +34,8 @@ from src_core.jobs import Cancelled
 
 from . import _layers as L
 from . import _tiled as T
-from ._job_row import job_row
+from ._forms import form_settings, settings_form
+from ._job import JobPanel
 
 SCOPES = ("current plane", "all slices (3D, linked)")
 # larger writes skip napari's undo history, whose index arrays would cost ~25 bytes a pixel
@@ -59,6 +53,32 @@ class EverythingSettings:
     crop_n_layers: int = DEFAULTS.crop_n_layers
     all_slices: bool = False
     link_min_iou: float = 0.3
+
+
+def _fraction(tooltip: str) -> dict:
+    return {"min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip}
+
+
+#: The settings form (magicgui): a widget per field of EverythingSettings.
+FORM_FIELDS = {
+    "points_per_side": {"min": 1, "max": 128, "label": "points per side",
+                        "tooltip": "Grid of points per image side; each point prompts SAM once."},
+    "pred_iou_thresh": {"label": "pred IoU threshold", **_fraction("Keep masks SAM rates above this quality.")},
+    "stability_score_thresh": {
+        "label": "stability threshold",
+        **_fraction("Keep masks that barely change when SAM's threshold moves."),
+    },
+    "min_mask_region_area": {"min": 0, "max": 1_000_000, "label": "min region area (px)",
+                             "tooltip": "Fill holes and drop islands smaller than this; 0 keeps everything."},
+    "crop_n_layers": {"min": 0, "max": 3, "label": "crop layers",
+                      "tooltip": "Also run on 4, 16, 64 overlapping crops: finds smaller objects, slower."},
+    "all_slices": {
+        "widget_type": "ComboBox", "label": "stacks", "choices": [(SCOPES[0], False), (SCOPES[1], True)],
+        "tooltip": "Stacks: the shown plane, or every slice along the last slider, with objects "
+                   "linked from slice to slice by overlap into 3D labels.",
+    },
+    "link_min_iou": {"label": "link min IoU", **_fraction("Smallest overlap (IoU) of one object in neighbouring slices.")},
+}
 
 
 def make_generator(predictor, settings: EverythingSettings):
@@ -178,109 +198,46 @@ def paint_labels(
     return start, start + len(ids) - 1, True
 
 
-class EverythingPanel(QWidget):
+class EverythingPanel(JobPanel):
     """Settings, Run and Cancel for segment everything, with a progress bar.
 
     ``generator_factory(predictor, settings)`` makes the generator (anything with
     ``generate(image, progress=...)`` and ``cancel()``); tests swap it for a stand-in.
     """
 
-    progressed = Signal(int, int)
+    job_name = "Segment everything"
+    cancelled_message = "Segment everything cancelled; the labels are unchanged."
 
     def __init__(self, host) -> None:
-        super().__init__()
-        self.host = host
+        super().__init__(host)
         self.generator_factory = make_generator
         self._generator = None
-        self._stop = threading.Event()
-        self._progress: progress | None = None
         self._build_ui()
-        self.progressed.connect(self._on_progress)
 
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         box = QGroupBox("Segment everything")
         outer.addWidget(box)
-        form = QFormLayout(box)
-        defaults = EverythingSettings()
-        self.points_box = QSpinBox()
-        self.points_box.setRange(1, 128)
-        self.points_box.setValue(defaults.points_per_side)
-        self.points_box.setToolTip("Grid of points per image side; each point prompts SAM once.")
-        self.iou_box = self._fraction(defaults.pred_iou_thresh, "Keep masks SAM rates above this quality.")
-        self.stability_box = self._fraction(
-            defaults.stability_score_thresh, "Keep masks that barely change when SAM's threshold moves."
-        )
-        self.area_box = QSpinBox()
-        self.area_box.setRange(0, 1_000_000)
-        self.area_box.setSuffix(" px")
-        self.area_box.setToolTip("Fill holes and drop islands smaller than this; 0 keeps everything.")
-        self.crop_box = QSpinBox()
-        self.crop_box.setRange(0, 3)
-        self.crop_box.setToolTip("Also run on 4, 16, 64 overlapping crops: finds smaller objects, slower.")
-        self.scope_box = QComboBox()
-        self.scope_box.addItems(SCOPES)
-        self.scope_box.setToolTip(
-            "Stacks: the shown plane, or every slice along the last slider, with objects "
-            "linked from slice to slice by overlap into 3D labels."
-        )
-        self.link_box = self._fraction(
-            defaults.link_min_iou, "Smallest overlap (IoU) of one object in neighbouring slices."
-        )
-        self.link_box.setEnabled(False)
-        self.scope_box.currentIndexChanged.connect(lambda index: self.link_box.setEnabled(index == 1))
-        buttons, self.run_button, self.cancel_button, self.progress_bar = job_row("Run", self.run, self.cancel)
-        form.addRow("points per side", self.points_box)
-        form.addRow("pred IoU threshold", self.iou_box)
-        form.addRow("stability threshold", self.stability_box)
-        form.addRow("min region area", self.area_box)
-        form.addRow("crop layers", self.crop_box)
-        form.addRow("stacks", self.scope_box)
-        form.addRow("link min IoU", self.link_box)
-        form.addRow(buttons)
-
-    @staticmethod
-    def _fraction(value: float, tip: str) -> QDoubleSpinBox:
-        box = QDoubleSpinBox()
-        box.setRange(0.0, 1.0)
-        box.setSingleStep(0.01)
-        box.setDecimals(2)
-        box.setValue(value)
-        box.setToolTip(tip)
-        return box
+        layout = QVBoxLayout(box)
+        self.form = settings_form(EverythingSettings(), FORM_FIELDS)
+        self.form.link_min_iou.enabled = False
+        self.form.all_slices.changed.connect(lambda all_slices: setattr(self.form.link_min_iou, "enabled", all_slices))
+        layout.addWidget(self.form.native)
+        layout.addLayout(self.make_job_row("Run"))
 
     def settings(self) -> EverythingSettings:
-        return EverythingSettings(
-            points_per_side=self.points_box.value(),
-            pred_iou_thresh=self.iou_box.value(),
-            stability_score_thresh=self.stability_box.value(),
-            min_mask_region_area=self.area_box.value(),
-            crop_n_layers=self.crop_box.value(),
-            all_slices=self.scope_box.currentIndex() == 1,
-            link_min_iou=max(self.link_box.value(), 0.01),
-        )
+        settings = form_settings(self.form, EverythingSettings)
+        return dataclasses.replace(settings, link_min_iou=max(settings.link_min_iou, 0.01))
 
     # -- run and cancel ---------------------------------------------------------------
 
     def run(self) -> None:
         """Segment everything in the chosen image (shown plane or all slices) in a worker."""
+        if not self.host_ready():
+            return
         host = self.host
-        if not host.idle:
-            show_warning("Busy: wait for the current job to finish (or cancel it).")
-            return
         image = host.image_layer
-        if image is None:
-            show_warning("Segment everything: add or choose an image layer first.")
-            return
-        if host.predictor is None:
-            show_warning("Segment everything: load a model first ('Load model').")
-            return
-        if not host.layers:  # a SAM layer was removed: make them again, then embed
-            host.prepare_layers()
-            if not host.idle:
-                show_warning("Segment everything: preparing the image; press Run again when it is ready.")
-                return
         settings = self.settings()
         plan = T.plan_for(image, host.predictor)
         plane = L.current_plane(image, host.viewer)
@@ -304,53 +261,34 @@ class EverythingPanel(QWidget):
         labels_layer = host.layers[L.LABELS]
         overwrite = host.paint_over.isChecked()
         generator, read = self._generator, host.plane_reader(image)
-        normalization, stop = host.normalization(image), self._stop.is_set
-        self._stop.clear()
+        normalization, stop, report = host.normalization(image), self.should_stop, self.report
 
         if plan is not None:
             source = T.lazy_plane([image, *host.channel_layers()], plane)
 
             def work():
-                return segment_large_plane(generator, source, normalization, plan, self._report, stop)
+                return segment_large_plane(generator, source, normalization, plan, report, stop)
 
         else:
 
             def work():
-                return segment_planes(
-                    generator, read, normalization, planes, self._report, stop, settings.link_min_iou
-                )
+                return segment_planes(generator, read, normalization, planes, report, stop, settings.link_min_iou)
 
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda labels: self._on_result(labels, labels_layer, prefix, overwrite))
-        worker.finished.connect(self._on_done)
         where = f"{len(planes)} slices" if len(planes) > 1 else f"plane {plane}" if plane else "the image"
-        host.set_status(f"Segmenting everything in {where} of '{image.name}' ...")
-        self._progress = progress(total=0, desc="Segment everything")
-        self.progress_bar.setRange(0, 0)  # busy until the first report
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        host.run_job(worker)
+        self.start_job(worker, f"Segmenting everything in {where} of '{image.name}' ...")
 
-    def cancel(self) -> None:
-        """Stop a running segment everything after its current point batch."""
+    def on_cancel(self) -> None:
+        """Stop the generator after its current point batch."""
         if self._generator is not None:
-            self._stop.set()  # between slices too: generate() clears the generator's own flag
             self._generator.cancel()
-            self.host.set_status("cancelling segment everything ...")
 
-    def _report(self, done: int, total: int) -> None:
-        # called in the worker: the signal carries it to the UI thread
-        self.progressed.emit(done, total)
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self.progress_bar.setRange(0, total)
-        self.progress_bar.setValue(done)
-        if self._progress is not None:
-            self._progress.total = total
-            self._progress.update(done - self._progress.n)
+    def on_finished(self) -> None:
+        self._generator = None
 
     def _on_result(self, labels, labels_layer, prefix: tuple, overwrite: bool) -> None:
-        self._stop.clear()  # finished: a late cancel changes nothing
+        self.result_arrived()
         if labels is None:
             self.host.set_status("Segment everything cancelled; the labels are unchanged.")
             return
@@ -373,14 +311,3 @@ class EverythingPanel(QWidget):
         count = last - first + 1
         undo = "" if undoable else " (too large to undo)"
         self.host.set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")
-
-    def _on_done(self) -> None:
-        if self._stop.is_set():  # no result came (the job was aborted): say so
-            self.host.set_status("Segment everything cancelled; the labels are unchanged.")
-        self._generator = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.progress_bar.setRange(0, max(self.progress_bar.maximum(), 1))
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)

@@ -13,7 +13,6 @@ viewer, the predictor, the chosen image, its normalization and the job runner.
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,25 +20,20 @@ from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QLineEdit,
-    QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from src_core.protocols import is_sam2_model
 
 from . import _layers as L
-from ._job_row import job_row
+from ._forms import form_settings, settings_form
+from ._job import JobPanel
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,15 @@ class FinetuneSettings:
     lr: float = 1e-4
     freeze_encoder: bool = True
     masks_per_image: int = 16
+
+
+#: The settings form (magicgui): steps, learning rate, frozen encoder.
+FORM_FIELDS = {
+    "steps": {"min": 1, "max": 100_000, "tooltip": "Optimizer steps; the time left is shown while it runs."},
+    "lr": {"min": 1e-6, "max": 1e-2, "step": 1e-5, "label": "learning rate"},
+    "freeze_encoder": {"label": "", "text": "image encoder frozen (fast; decoder only)",
+                       "tooltip": "Train the prompt encoder and mask decoder only."},
+}
 
 
 def default_output(image_name: str) -> Path:
@@ -114,19 +117,17 @@ def finetune(model, images: np.ndarray, labels: np.ndarray, settings: FinetuneSe
     return output
 
 
-class FinetunePanel(QWidget):
+class FinetunePanel(JobPanel):
     """Labels layer, steps, learning rate, encoder frozen or not, output file, Run/Cancel."""
 
-    progressed = Signal(int, int, float)
+    job_name = "Fine-tune"
+    cancelled_message = "Fine-tuning cancelled; the model is unchanged and nothing was written."
 
     def __init__(self, host) -> None:
-        super().__init__()
-        self.host = host
+        super().__init__(host)
         self._started: tuple[float, int] | None = None  # (time, step) the estimate counts from
-        self._stop = threading.Event()
-        self._progress: progress | None = None
+        self._loss = float("nan")  # the last step's, written by the worker
         self._build_ui()
-        self.progressed.connect(self._on_progress)
         host.viewer.layers.events.inserted.connect(self.refresh_labels)
         host.viewer.layers.events.removed.connect(self.refresh_labels)
 
@@ -136,29 +137,16 @@ class FinetunePanel(QWidget):
         box = QGroupBox("Fine-tune on my annotations")
         outer.addWidget(box)
         form = QFormLayout(box)
-        defaults = FinetuneSettings()
         self.labels_box = QComboBox()
         self.labels_box.setToolTip("Instance labels of the chosen image to train on (default: SAM labels).")
         self.labels_box.showPopup = self._popup_with_fresh_layers(self.labels_box.showPopup)
-        self.steps_box = QSpinBox()
-        self.steps_box.setRange(1, 100_000)
-        self.steps_box.setValue(defaults.steps)
-        self.lr_box = QDoubleSpinBox()
-        self.lr_box.setDecimals(6)
-        self.lr_box.setRange(1e-6, 1e-2)
-        self.lr_box.setSingleStep(1e-5)
-        self.lr_box.setValue(defaults.lr)
-        self.freeze_box = QCheckBox("image encoder frozen (fast; decoder only)")
-        self.freeze_box.setChecked(defaults.freeze_encoder)
+        self.form = settings_form(FinetuneSettings(), FORM_FIELDS)
+        self.form.lr.native.setDecimals(6)  # magicgui derives 5 from the step: 2.5e-5 would round
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("default: a new file under the napari-sam cache")
-        buttons, self.run_button, self.cancel_button, self.progress_bar = job_row(
-            "Fine-tune", self.run, self.cancel
-        )
+        buttons = self.make_job_row("Fine-tune")
         form.addRow("labels", self.labels_box)
-        form.addRow("steps", self.steps_box)
-        form.addRow("learning rate", self.lr_box)
-        form.addRow(self.freeze_box)
+        form.addRow(self.form.native)
         form.addRow("save to", self.output_edit)
         form.addRow(buttons)
         self.refresh_labels()
@@ -187,23 +175,17 @@ class FinetunePanel(QWidget):
         self.labels_box.blockSignals(False)
 
     def settings(self) -> FinetuneSettings:
-        return FinetuneSettings(
-            steps=self.steps_box.value(), lr=self.lr_box.value(), freeze_encoder=self.freeze_box.isChecked()
-        )
+        return form_settings(self.form, FinetuneSettings)
 
     # -- run and cancel ---------------------------------------------------------------
 
     def run(self) -> None:
         """Fine-tune a copy of the loaded model on the chosen image and labels, in a worker."""
         host = self.host
-        if not host.idle:
-            show_warning("Busy: wait for the current job to finish (or cancel it).")
+        if not self.host_ready(model=False, layers=False):
             return
         image = host.image_layer
         model = getattr(host.predictor, "model", None)
-        if image is None:
-            show_warning("Fine-tune: add or choose an image layer first.")
-            return
         if model is None:
             show_warning("Fine-tune: load a model first ('Load model'); it is the starting point.")
             return
@@ -236,11 +218,10 @@ class FinetunePanel(QWidget):
             show_error(f"Fine-tune: {err}")
             return
         settings, device, dtype = self.settings(), model.device, model.encoder_dtype
-        self._stop.clear()
         self._started = None
 
         def work():
-            path = finetune(model, images, masks, settings, output, self._report, self._stop.is_set)
+            path = finetune(model, images, masks, settings, output, self.report, self.should_stop)
             if path is None:
                 return None
             from src_core import SamPredictor, build_sam
@@ -249,29 +230,21 @@ class FinetunePanel(QWidget):
 
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda predictor: self._on_result(predictor, output))
-        worker.finished.connect(self._on_done)
-        host.set_status(
-            f"Fine-tuning on {len(images)} plane(s) of '{image.name}' with '{name}' for {settings.steps} steps ..."
+        self.start_job(
+            worker,
+            f"Fine-tuning on {len(images)} plane(s) of '{image.name}' with '{name}' for {settings.steps} steps ...",
+            total=settings.steps,
         )
-        self._progress = progress(total=settings.steps, desc="Fine-tune")
-        self.progress_bar.setRange(0, settings.steps)
-        self.progress_bar.setValue(0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        host.run_job(worker)
 
-    def cancel(self) -> None:
-        """Stop after the current step; nothing is written and the model is unchanged."""
-        if not self.run_button.isEnabled():
-            self._stop.set()
-            self.host.set_status("cancelling fine-tuning ...")
+    def report(self, step: int, total: int, loss: float = float("nan")) -> None:
+        """The trainer's progress (worker thread): step, steps, loss."""
+        self._loss = float(loss)
+        super().report(step, total)
 
-    def _report(self, step: int, total: int, loss: float) -> None:
-        self.progressed.emit(step, total, loss)  # from the worker to the UI thread
-
-    def _on_progress(self, step: int, total: int, loss: float) -> None:
+    def on_progress(self, step: int, total: int) -> None:
         import time
 
+        loss = self._loss
         now = time.monotonic()
         if step <= 1 or self._started is None:
             self._started = (now, step)
@@ -280,16 +253,14 @@ class FinetunePanel(QWidget):
         if step > first_step:  # time per step measured after the first (which warms up)
             seconds = (now - first_time) / (step - first_step) * (total - step)
             left = f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
-        self.progress_bar.setValue(step)
         self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}{left}")
         self.host.set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
-        bar = self._progress  # napari's progress may process events: _on_done can run meanwhile
-        if bar is not None:
-            bar.set_description(f"Fine-tune (loss {loss:.3f})")
-            if self._progress is bar:
-                bar.update(step - bar.n)
+        if self._progress is not None:
+            self._progress.set_description(f"Fine-tune (loss {loss:.3f})")
+        super().on_progress(step, total)
 
     def _on_result(self, predictor, output: Path) -> None:
+        self.result_arrived()
         if predictor is None:
             self.host.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
             return
@@ -298,13 +269,3 @@ class FinetunePanel(QWidget):
         # the model box says what is in use: the model type with the fine-tuned weights file
         self.host.model_panel.show_weights(output)
         self.host.set_predictor(predictor, f"fine-tuned model ({output})")
-
-    def _on_done(self) -> None:
-        if self._stop.is_set():  # no result came (the job was aborted): say so
-            self._stop.clear()
-            self.host.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)

@@ -17,12 +17,9 @@ viewer, the predictor, the chosen image, the SAM layers and the job runner.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -31,7 +28,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from src_core.jobs import Cancelled
@@ -40,7 +36,7 @@ from . import _layers as L
 from . import _tiled as T
 from . import _track_layers as TL
 from ._everything_panel import UNDO_LIMIT, make_generator, paint_labels
-from ._job_row import job_row
+from ._job import JobPanel
 
 
 def make_tiled_predictor(predictor, plan: tuple[int, int]):
@@ -63,18 +59,18 @@ def load_scorer(predictor, report=None):
     return load_clip(progress=report, device=device)
 
 
-class TextPanel(QWidget):
+class TextPanel(JobPanel):
     """Text, negatives, top-k, threshold; Find / Cancel / Track these, with a progress bar.
 
     ``scorer_factory(predictor, report)`` makes the CLIP scorer and
     ``generator_factory(predictor, settings)`` the candidate generator; tests swap them.
     """
 
-    progressed = Signal(int, int)
+    job_name = "SAM text"
+    cancelled_message = "SAM text cancelled; nothing changed."
 
     def __init__(self, host) -> None:
-        super().__init__()
-        self.host = host
+        super().__init__(host)
         self.scorer_factory = load_scorer
         self.generator_factory = make_generator
         self.tiled_factory = make_tiled_predictor
@@ -82,10 +78,7 @@ class TextPanel(QWidget):
         self.matches: list | None = None  # shown in the preview, not committed yet
         self.match_plane: tuple | None = None
         self._generator = None
-        self._running = False
-        self._stop = threading.Event()
         self._build_ui()
-        self.progressed.connect(self._on_progress)
 
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
@@ -115,9 +108,8 @@ class TextPanel(QWidget):
         self.track_button = QPushButton("Track these")
         self.track_button.setToolTip("Give each match to the Track panel as a new object (its box).")
         self.track_button.clicked.connect(self.track_matches)
-        buttons, self.find_button, self.cancel_button, self.progress_bar = job_row(
-            "Find", self.run, self.cancel, self.track_button
-        )
+        buttons = self.make_job_row("Find", self.track_button)
+        self.find_button = self.run_button
         form.addRow("text", self.text_edit)
         form.addRow("not like", self.negative_edit)
         form.addRow("top-k", self.top_k_box)
@@ -136,21 +128,9 @@ class TextPanel(QWidget):
         if not text:
             show_warning("SAM text: type what to find first, e.g. 'nucleus'.")
             return
-        if not host.idle:
-            show_warning("Busy: wait for the current job to finish (or cancel it).")
+        if not self.host_ready():
             return
         image = host.image_layer
-        if image is None:
-            show_warning("SAM text: add or choose an image layer first.")
-            return
-        if host.predictor is None:
-            show_warning("SAM text: load a model first ('Load model').")
-            return
-        if not host.layers:  # a SAM layer was removed: make them again
-            host.prepare_layers()
-            if not host.idle:
-                show_warning("SAM text: preparing the image; press Find again when it is ready.")
-                return
         plan = T.plan_for(image, host.predictor)
         try:
             self._generator = self.generator_factory(host.predictor, host.everything.settings())
@@ -166,11 +146,15 @@ class TextPanel(QWidget):
         predictor, generator, factory = host.predictor, self._generator, self.scorer_factory
         read, normalization = host.plane_reader(image), host.normalization(image)
         negatives, top_k = self.negatives(), self.top_k_box.value() or None
-        threshold, stop, report = self.threshold_box.value(), self._stop.is_set, self._report
-        self._stop.clear()
+        threshold, stop, report = self.threshold_box.value(), self.should_stop, self.report
 
         def work():
-            from src_core.text import TextExtraMissing, TextPromptError, segment_text, segment_text_tiled
+            from src_core.text import (
+                TextExtraMissing,
+                TextPromptError,
+                segment_text,
+                segment_text_tiled,
+            )
 
             try:
                 if self.scorer is None:
@@ -193,38 +177,25 @@ class TextPanel(QWidget):
 
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda result: self._on_result(result, text, plane, key, set_image))
-        worker.finished.connect(self._on_done)
         if set_image:
             host.forget_embedding()  # the predictor will hold the shown plane again
         where = f" in plane {plane}" if plane else ""
         where += ", tile by tile" if plan is not None else ""
-        host.set_status(f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
-        self.progress_bar.setRange(0, 0)
-        self.find_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._running = True
-        host.run_job(worker)
+        self.start_job(worker, f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
 
-    def cancel(self) -> None:
-        """Stop a running search after its current batch."""
-        if self._running:
-            self._stop.set()
-            if self._generator is not None and hasattr(self._generator, "cancel"):
-                self._generator.cancel()
-            self.host.set_status("cancelling the text search ...")
+    def on_cancel(self) -> None:
+        """Stop the candidate generator after its current batch."""
+        if self._generator is not None and hasattr(self._generator, "cancel"):
+            self._generator.cancel()
 
-    def _report(self, done: int, total: int) -> None:
-        self.progressed.emit(int(done), int(total))  # from the worker to the UI thread
-
-    def _on_progress(self, done: int, total: int) -> None:
-        if total > 0:
-            scale = max(1, total // 1_000_000)  # bytes of a download would overflow an int
-            self.progress_bar.setRange(0, total // scale)
-            self.progress_bar.setValue(done // scale)
+    def on_finished(self) -> None:
+        self._generator = None
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
 
     def _on_result(self, result, text: str, plane: tuple, key, set_image: bool) -> None:
         host = self.host
-        self._stop.clear()  # a result came: a late cancel changes nothing
+        self.result_arrived()
         status, value = result
         if set_image and status == "ok":
             host.adopt_embedding(key)  # the predictor holds the plane's embedding now
@@ -253,17 +224,6 @@ class TextPanel(QWidget):
             f"SAM text: {len(value)} object{'s' * (len(value) != 1)} match {text!r} ({scores}). "
             "Commit (C) adds them, Clear (Q) drops them, 'Track these' tracks them."
         )
-
-    def _on_done(self) -> None:
-        if self._stop.is_set():  # no result came (the job was aborted): say so
-            self._stop.clear()
-            self.host.set_status("SAM text cancelled; nothing changed.")
-        self._running = False
-        self._generator = None
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.find_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
 
     # -- results ------------------------------------------------------------------------
 

@@ -20,13 +20,11 @@ viewer, the predictor, the chosen image, its normalization and the job runner.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -36,11 +34,9 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from src_core.embedding_cache import cache_model_id
@@ -60,6 +56,7 @@ from src_core.propagate import (
 
 from . import _layers as L
 from . import _track_layers as T
+from ._job import JobPanel
 from ._track_settings import TrackSettings
 
 AXES = ("time (video, T stack)", "z (volume)")
@@ -115,21 +112,21 @@ def memory_tracker(predictor):
     return SAM2VideoPredictor.for_model(predictor.model)
 
 
-class TrackPanel(QWidget):
+class TrackPanel(JobPanel):
     """Object ids, range, direction, Propagate/Cancel, key frames and exports."""
 
+    job_name = "Tracking"
+    cancelled_message = None  # the run's outcome says it (the frames tracked so far are kept)
+
     def __init__(self, host) -> None:
-        super().__init__()
-        self.host = host
+        super().__init__(host)
         self.layers: dict = {}
         # corrected planes, (t,) or (t, z): replaced, never changed in place (workers read it)
         self._key_planes: frozenset[tuple[int, ...]] = frozenset()
         self._tables: dict[T.TrackAxis, np.ndarray] = {}  # the rows of the finished runs, per axis
         self.writer: TrackingWriter | None = None  # the running run's
         self._run_axis: T.TrackAxis | None = None
-        self._stop = threading.Event()
         self._done = 0
-        self._progress: progress | None = None
         self._connected: set[int] = set()
         self.outcome: TrackOutcome | None = None  # how the last run ended
         self._lost: dict[tuple[int, ...], dict[int, str]] = {}  # plane -> {id: why it was lost there}
@@ -184,18 +181,7 @@ class TrackPanel(QWidget):
         span.addWidget(here)
         self.follow_check = QCheckBox("show each frame as it is tracked")
         self.follow_check.setChecked(True)
-        self.run_button = QPushButton("Propagate")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.progress_bar, 1)
+        buttons = self.make_job_row("Propagate")
         self.lost_label = QLabel("")
         self.lost_label.setWordWrap(True)
         self.lost_label.setToolTip("Why objects were lost on the shown frame (the table's reason column).")
@@ -437,7 +423,7 @@ class TrackPanel(QWidget):
             if not prompts:
                 raise ValueError("no object is prompted: click on an object or draw a box in "
                                  f"'{T.PROMPTS}'/'{T.BOXES}', or paint it in '{T.TRACKS}'")
-            common = dict(start=start, stop=stop, should_stop=self._stop.is_set, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
+            common = dict(start=start, stop=stop, should_stop=self.should_stop, set_image_kwargs=kwargs, cache=cache, model_id=model_id,
                           key_frames=keys, **settings)
             if along_z:
                 results = propagate_volume(frames, segmenter, prompts, labels=tracks, **common)
@@ -452,23 +438,16 @@ class TrackPanel(QWidget):
             return
         self._clear(along, tracks, frames_visited(prompts, direction, start, stop) - keys)
         self.writer, self._run_axis, self._done = TrackingWriter(tracks), along, 0
-        self._stop.clear()
         keep = lambda frame: along.plane(frame) in self._key_planes  # noqa: E731 (read live: painted mid-run too)
         worker = thread_worker(run_propagation, ignore_errors=True)(results, self.writer, keep)
         worker.yielded.connect(self._on_result)
         worker.returned.connect(self._on_outcome)
         worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", self._done)))
-        worker.finished.connect(self._on_done)
         host.forget_embedding()  # the predictor will hold other frames: the shown one comes back after
         if host.segmenter is not None:
             host.segmenter.reset()
         what = "slices" if along_z else "frames"
-        host.set_status(f"Tracking {len(prompts)} prompts through {what} {start}-{stop - 1} ...")
-        self._progress = progress(total=0, desc="Tracking")
-        self.progress_bar.setRange(0, 0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        host.run_job(worker)
+        self.start_job(worker, f"Tracking {len(prompts)} prompts through {what} {start}-{stop - 1} ...")
 
     def _clear(self, along: T.TrackAxis, tracks, frames: set[int]) -> None:
         """Forget what earlier runs left on ``frames`` (labels and table rows): the run fills them again."""
@@ -495,14 +474,10 @@ class TrackPanel(QWidget):
         seeds = resume_prompts(tracks, edge, step, search_frames=search_frames)
         return [p for p in seeds if p.lost_for and p.obj_id not in here]
 
-    def cancel(self) -> None:
-        """Stop after the frame being tracked (everything tracked so far is kept)."""
-        self._stop.set()
-        if self._progress is None:
-            return  # no run: the next one clears the flag
+    def on_cancel(self) -> None:
+        """Stop within an embedding too; the frames tracked so far are kept."""
         if hasattr(self.host.predictor, "cancel"):
-            self.host.predictor.cancel()  # within an embedding
-        self.host.set_status("cancelling tracking ...")
+            self.host.predictor.cancel()
 
     def _on_result(self, result) -> None:
         self._done += 1
@@ -516,11 +491,7 @@ class TrackPanel(QWidget):
             if step[axis] != result.frame:
                 step[axis] = result.frame
                 self.host.viewer.dims.current_step = tuple(step)
-        self.progress_bar.setRange(0, result.total)
-        self.progress_bar.setValue(result.step)
-        if self._progress is not None:
-            self._progress.total = result.total
-            self._progress.update(result.step - self._progress.n)
+        self.on_progress(result.step, result.total)
         lost = [i for i, o in result.objects.items() if o.mask is None]
         if self._run_axis is not None:
             plane = self._run_axis.plane(result.frame)
@@ -559,17 +530,10 @@ class TrackPanel(QWidget):
             show_error(f"Track: {outcome.message}")
             self.host.set_status(f"Tracking stopped after {outcome.frames} frames; they are kept.")
 
-    def _on_done(self) -> None:
-        self._stop.clear()
+    def on_finished(self) -> None:
         if self.writer is not None and self._run_axis is not None:  # keep the run's rows
             self._tables[self._run_axis] = T.combine_tables(self._table_of(self._run_axis), self.writer.table)
             self.writer = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.progress_bar.setRange(0, max(self.progress_bar.maximum(), 1))
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
         if self.layers.get(T.TRACKS) is not None:
             self.layers[T.TRACKS].refresh()
 

@@ -13,20 +13,23 @@ import inspect
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QGridLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from src_core.propagate import DEFAULT_RECIPE, LENIENT, RECIPES, VOLUME_QC, QualityControl, propagate
+from src_core.propagate import (
+    DEFAULT_RECIPE,
+    LENIENT,
+    RECIPES,
+    VOLUME_QC,
+    QualityControl,
+    propagate,
+)
+
+from ._forms import form_settings, settings_form
 
 #: The engine's defaults, shown in "Settings": QC thresholds per axis, frames a lost object is searched for.
 DEFAULT_QC = (QualityControl(), VOLUME_QC)
@@ -44,6 +47,65 @@ def describe_recipe(name: str) -> str:
     extra = ("" if r.motion else "; no motion model") + ("; 3 candidates, the best kept" if r.multimask else "")
     default = " (default)" if r == DEFAULT_RECIPE else ""
     return f"{name}{default}: " + ", ".join(parts) + extra
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackFormSettings:
+    """What "Settings" shows; the defaults are the engine's for tracking in time."""
+
+    recipe: str = DEFAULT_RECIPE.name
+    min_score: float = DEFAULT_QC[0].min_score
+    min_stability: float = DEFAULT_QC[0].min_stability
+    max_area_change: float = DEFAULT_QC[0].max_area_change
+    search_frames: int = DEFAULT_SEARCH_FRAMES
+    divisions: bool = DEFAULT_DIVISIONS
+    lenient: bool = False
+
+    @classmethod
+    def for_axis(cls, along_z: bool) -> TrackFormSettings:
+        """The engine's defaults for tracking through z (True) or time."""
+        qc = DEFAULT_QC[int(along_z)]
+        return cls(min_score=qc.min_score, min_stability=qc.min_stability, max_area_change=qc.max_area_change)
+
+
+_QC_TIP = QualityControl()
+#: The settings form (magicgui), one widget per field of TrackFormSettings.
+FORM_FIELDS = {
+    "recipe": {
+        "widget_type": "ComboBox", "choices": list(RECIPES), "label": "prompt recipe",
+        "tooltip": "How an object's prompt on the next frame is made from its mask on this one:\n"
+                   + "\n".join(describe_recipe(name) for name in RECIPES),
+    },
+    "min_score": {"min": 0.0, "max": 1.0, "step": 0.05, "label": "min pred. IoU",
+                  "tooltip": "Reject a mask whose predicted IoU (SAM's own estimate) is lower."},
+    "min_stability": {
+        "min": 0.0, "max": 1.0, "step": 0.05, "label": "min stability",
+        "tooltip": "Reject a mask that changes this much when the logit threshold moves by "
+                   f"+-{_QC_TIP.stability_offset:g} (stability score).",
+    },
+    "max_area_change": {
+        "min": 1.0, "max": 100.0, "step": 0.1, "label": "max area change \u00d7",
+        "tooltip": "Reject a mask whose area is more than this many times (or less than 1/this of) "
+                   "the object's area on the previous frame.",
+    },
+    "search_frames": {
+        "min": 0, "max": 100_000, "label": "search frames K",
+        "tooltip": "Frames a lost object is searched for around its predicted position before it is given up "
+                   "(0: it ends where it is lost). Along z an object always ends where it is lost.",
+    },
+    "divisions": {
+        "label": "", "text": "detect divisions",
+        "tooltip": "Time-lapse, forward: a cell whose mask splits in two (or halves) becomes two daughters "
+                   "with new ids, their mother recorded (the Trajectories layer draws the lineage).",
+    },
+    "lenient": {
+        "label": "", "text": "lenient: keep the best mask unless empty or on another object",
+        "tooltip": "Ignore SAM's predicted IoU, the stability score and area jumps (the thresholds above); "
+                   "a mask is rejected only when it is empty or lies mostly on another object. For objects "
+                   "lost at once (natural images, a model unsure of its masks); costs ID switches where "
+                   "objects touch.",
+    },
+}
 
 
 class TrackSettings(QWidget):
@@ -73,70 +135,21 @@ class TrackSettings(QWidget):
         header.addStretch(1)
         header.addWidget(defaults)
         outer.addLayout(header)
-        self.settings_area = QWidget()
-        grid = QGridLayout(self.settings_area)
-        grid.setContentsMargins(12, 0, 0, 0)
-        grid.setVerticalSpacing(2)
-        self.recipe_box = QComboBox()
+        self.form = settings_form(TrackFormSettings(), FORM_FIELDS)
+        self.form.native.setContentsMargins(12, 0, 0, 0)
+        recipes = self.form.recipe.native
         for i, name in enumerate(RECIPES):
-            self.recipe_box.addItem(name)
-            self.recipe_box.setItemData(i, describe_recipe(name), Qt.ItemDataRole.ToolTipRole)
-        self.recipe_box.setToolTip(
-            "How an object's prompt on the next frame is made from its mask on this one:\n"
-            + "\n".join(describe_recipe(name) for name in RECIPES)
-        )
-        qc = QualityControl()
-
-        def number(low, high, step, tip, decimals=2):
-            box = QDoubleSpinBox()
-            box.setRange(low, high)
-            box.setSingleStep(step)
-            box.setDecimals(decimals)
-            box.setToolTip(tip)
-            return box
-
-        self.min_score_box = number(0.0, 1.0, 0.05, "Reject a mask whose predicted IoU (SAM's own estimate) is lower.")
-        self.min_stability_box = number(
-            0.0, 1.0, 0.05, "Reject a mask that changes this much when the logit threshold moves by "
-            f"+-{qc.stability_offset:g} (stability score)."
-        )
-        self.max_area_box = number(
-            1.0, 100.0, 0.1, "Reject a mask whose area is more than this many times (or less than 1/this of) "
-            "the object's area on the previous frame.", decimals=1,
-        )
-        self.search_box = QSpinBox()
-        self.search_box.setRange(0, 100000)
-        self.search_box.setToolTip(
-            "Frames a lost object is searched for around its predicted position before it is given up "
-            "(0: it ends where it is lost). Along z an object always ends where it is lost."
-        )
-        self.divisions_check = QCheckBox("detect divisions")
-        self.divisions_check.setToolTip(
-            "Time-lapse, forward: a cell whose mask splits in two (or halves) becomes two daughters "
-            "with new ids, their mother recorded (the Trajectories layer draws the lineage)."
-        )
-        self.lenient_check = QCheckBox("lenient: keep the best mask unless empty or on another object")
-        self.lenient_check.setToolTip(
-            "Ignore SAM's predicted IoU, the stability score and area jumps (the thresholds above); "
-            "a mask is rejected only when it is empty or lies mostly on another object. For objects "
-            "lost at once (natural images, a model unsure of its masks); costs ID switches where "
-            "objects touch."
-        )
-        self.lenient_check.toggled.connect(self._on_lenient)
-        for row, (label, box, label2, box2) in enumerate((
-            ("min pred. IoU", self.min_score_box, "min stability", self.min_stability_box),
-            ("max area change \u00d7", self.max_area_box, "search frames K", self.search_box),
-        )):
-            grid.addWidget(QLabel(label), row + 1, 0)
-            grid.addWidget(box, row + 1, 1)
-            grid.addWidget(QLabel(label2), row + 1, 2)
-            grid.addWidget(box2, row + 1, 3)
-        grid.addWidget(self.divisions_check, 3, 0, 1, 4)
-        grid.addWidget(self.lenient_check, 4, 0, 1, 4)
-        grid.addWidget(QLabel("prompt recipe"), 0, 0)
-        grid.addWidget(self.recipe_box, 0, 1, 1, 3)
-        grid.setColumnStretch(1, 1)
-        grid.setColumnStretch(3, 1)
+            recipes.setItemData(i, describe_recipe(name), Qt.ItemDataRole.ToolTipRole)  # one tip per recipe
+        self.form.lenient.changed.connect(self._on_lenient)
+        self.settings_area = self.form.native
+        # the Qt widgets, for code and tests that drive them as the keyboard and mouse do
+        self.recipe_box = recipes
+        self.min_score_box = self.form.min_score.native
+        self.min_stability_box = self.form.min_stability.native
+        self.max_area_box = self.form.max_area_change.native
+        self.search_box = self.form.search_frames.native
+        self.divisions_check = self.form.divisions.native
+        self.lenient_check = self.form.lenient.native
         outer.addWidget(self.settings_area)
         self.settings_area.setVisible(False)
         self.reset()
@@ -147,44 +160,38 @@ class TrackSettings(QWidget):
 
     def reset(self) -> None:
         """The engine's defaults (QC thresholds of the axis)."""
-        qc = DEFAULT_QC[int(self.along_z)]
-        self.recipe_box.setCurrentText(DEFAULT_RECIPE.name)
-        self.min_score_box.setValue(qc.min_score)
-        self.min_stability_box.setValue(qc.min_stability)
-        self.max_area_box.setValue(qc.max_area_change)
-        self.search_box.setValue(DEFAULT_SEARCH_FRAMES)
-        self.search_box.setEnabled(not self.along_z)
-        self.divisions_check.setChecked(DEFAULT_DIVISIONS)
-        self.divisions_check.setEnabled(not self.along_z)
-        self.lenient_check.setChecked(False)
+        defaults = TrackFormSettings.for_axis(self.along_z)
+        for field in dataclasses.fields(defaults):
+            getattr(self.form, field.name).value = getattr(defaults, field.name)
+        self.form.search_frames.enabled = self.form.divisions.enabled = not self.along_z
 
     def _on_lenient(self, lenient: bool) -> None:
-        for box in (self.min_score_box, self.min_stability_box, self.max_area_box):
-            box.setEnabled(not lenient)
+        for name in ("min_score", "min_stability", "max_area_change"):
+            getattr(self.form, name).enabled = not lenient
 
     def set_axis(self, along_z: bool) -> None:
         """Track through z (True) or time; the area limit follows the axis unless the user set one."""
         before, after = DEFAULT_QC[int(self.along_z)].max_area_change, DEFAULT_QC[int(along_z)].max_area_change
         self.along_z = bool(along_z)
-        self.search_box.setEnabled(not along_z)
-        self.divisions_check.setEnabled(not along_z)
-        if abs(self.max_area_box.value() - before) < 1e-9:
-            self.max_area_box.setValue(after)
+        self.form.search_frames.enabled = self.form.divisions.enabled = not along_z
+        if abs(self.form.max_area_change.value - before) < 1e-9:
+            self.form.max_area_change.value = after
 
     def values(self) -> dict:
         """The engine's keyword arguments: ``recipe``, ``qc`` (and ``search_frames`` and
         ``divisions`` in time)."""
-        if self.lenient_check.isChecked():
+        chosen = form_settings(self.form, TrackFormSettings)
+        if chosen.lenient:
             qc = LENIENT
         else:
             qc = dataclasses.replace(
                 DEFAULT_QC[int(self.along_z)],
-                min_score=self.min_score_box.value(),
-                min_stability=self.min_stability_box.value(),
-                max_area_change=self.max_area_box.value(),
+                min_score=chosen.min_score,
+                min_stability=chosen.min_stability,
+                max_area_change=chosen.max_area_change,
             )
-        out = {"recipe": self.recipe_box.currentText(), "qc": qc}
+        out = {"recipe": chosen.recipe, "qc": qc}
         if not self.along_z:
-            out["search_frames"] = self.search_box.value()
-            out["divisions"] = self.divisions_check.isChecked()
+            out["search_frames"] = chosen.search_frames
+            out["divisions"] = chosen.divisions
         return out

@@ -144,7 +144,7 @@ def test_all_slices_gives_linked_3d_labels(widget, qtbot):
     stack[2, 50:70, 60:90] = 0  # B is missing from slice 2: it comes back with a new id
     viewer, w, generator = widget(stack)
     viewer.dims.set_current_step(0, 1)
-    w.everything.scope_box.setCurrentIndex(1)
+    w.everything.form.all_slices.value = True
     run_and_wait(qtbot, w)
     data = w.layers[L.LABELS].data
     assert data.shape == stack.shape and len(generator.images) == 4
@@ -155,7 +155,7 @@ def test_all_slices_gives_linked_3d_labels(widget, qtbot):
     assert bar.maximum() == 16 and bar.value() == 16
     # current-plane mode on a stack writes only the shown plane
     w.layers[L.LABELS].data[...] = 0
-    w.everything.scope_box.setCurrentIndex(0)
+    w.everything.form.all_slices.value = False
     run_and_wait(qtbot, w)
     data = w.layers[L.LABELS].data
     assert data[0].max() == 0 and data[2].max() == 0 and data[1, 20, 25] == 1
@@ -163,11 +163,13 @@ def test_all_slices_gives_linked_3d_labels(widget, qtbot):
 
 def test_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
     import napari_sam._everything_panel as panel_module
+    import napari_sam._job as job_module
     import napari_sam._widget as widget_module
     from napari_sam._widget import SegmentAnythingWidget
 
     warnings, errors = [], []
     monkeypatch.setattr(panel_module, "show_warning", warnings.append)
+    monkeypatch.setattr(job_module, "show_warning", warnings.append)  # the checks every panel runs
     monkeypatch.setattr(panel_module, "show_error", errors.append)
     monkeypatch.setattr(widget_module, "show_error", errors.append)
     viewer = make_napari_viewer()
@@ -202,9 +204,9 @@ def test_real_generator_on_vit_tiny_writes_labels(widget, qtbot):
     from napari_sam._everything_panel import make_generator
 
     w.everything.generator_factory = make_generator
-    w.everything.points_box.setValue(4)
-    w.everything.iou_box.setValue(0.0)
-    w.everything.stability_box.setValue(0.0)
+    w.everything.form.points_per_side.value = 4
+    w.everything.form.pred_iou_thresh.value = 0.0
+    w.everything.form.stability_score_thresh.value = 0.0
     run_and_wait(qtbot, w)
     data = w.layers[L.LABELS].data
     assert data.max() >= 1 and data.shape == (64, 64)
@@ -250,9 +252,35 @@ def test_time_series_of_stacks_links_along_the_last_slider(widget, qtbot, monkey
     viewer, w, generator = widget(movie)
     viewer.dims.set_current_step(0, 1)
     qtbot.waitUntil(lambda: w.idle, timeout=5000)
-    w.everything.scope_box.setCurrentIndex(1)
+    w.everything.form.all_slices.value = True
     run_and_wait(qtbot, w)
     data = w.layers[L.LABELS].data
     assert data[0].max() == 0 and len(generator.images) == 3
     assert [int(data[1, z, 20, 25]) for z in range(3)] == [1, 1, 1]
     assert "too large to undo" in w.status.text()
+
+
+def test_settings_form_is_magicgui_with_the_engine_defaults(widget, qtbot):
+    """The form starts at segment everything's defaults (one home: automatic.settings),
+    reads what the user types into its widgets, and enables linking only for stacks."""
+    from magicgui.widgets import Container
+
+    from napari_sam._everything_panel import EverythingSettings
+    from src_core.automatic.settings import DEFAULTS
+
+    viewer, w, generator = widget()
+    panel = w.everything
+    assert isinstance(panel.form, Container)
+    assert panel.settings() == EverythingSettings()
+    assert panel.settings().points_per_side == DEFAULTS.points_per_side
+    assert not panel.form.link_min_iou.enabled
+    panel.form.points_per_side.native.setValue(12)  # typed into the spin box
+    panel.form.all_slices.native.setCurrentIndex(1)  # "all slices (3D, linked)" chosen
+    assert panel.form.link_min_iou.enabled
+    panel.form.link_min_iou.native.setValue(0.0)
+    settings = panel.settings()
+    assert (settings.points_per_side, settings.all_slices, settings.link_min_iou) == (12, True, 0.01)
+    seen = []
+    w.everything.generator_factory = lambda predictor, s: seen.append(s) or generator
+    run_and_wait(qtbot, w)
+    assert seen and seen[0].points_per_side == 12  # the run used the form's values

@@ -64,7 +64,7 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     old_model = w.predictor.model
     before = {k: v.clone() for k, v in old_model.state_dict().items()}
     out = tmp_path / "tuned.pth"
-    panel.steps_box.setValue(3)
+    panel.form.steps.value = 3
     panel.output_edit.setText(str(out))
     assert panel.labels_box.currentText() == L.LABELS
     panel.run()
@@ -100,7 +100,7 @@ def test_cancel_writes_nothing_and_keeps_the_model(setup, qtbot, tmp_path):
     panel = w.finetune
     model = w.predictor.model
     out = tmp_path / "never.pth"
-    panel.steps_box.setValue(10_000)
+    panel.form.steps.value = 10_000
     panel.output_edit.setText(str(out))
     panel.run()
     qtbot.waitUntil(lambda: panel.progress_bar.value() >= 1, timeout=60000)

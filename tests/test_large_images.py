@@ -237,6 +237,6 @@ def test_everything_panel_large_plane_cancel_and_stacks(make_napari_viewer, qtbo
     viewer.add_image(stack, name="stack")
     w.image_panel.image_box.setCurrentText("stack")
     qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["stack"]), timeout=20000)
-    w.everything.scope_box.setCurrentIndex(1)
+    w.everything.form.all_slices.value = True
     w.everything.run()
     assert errors and "tile by tile" in errors[0] and "current plane" in errors[0]

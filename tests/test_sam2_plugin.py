@@ -94,9 +94,9 @@ def test_segment_everything_runs_sam2s_generator(make_napari_viewer, qtbot):
     w = SegmentAnythingWidget(viewer)
     w.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
     qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
-    w.everything.points_box.setValue(3)
-    w.everything.iou_box.setValue(0.0)
-    w.everything.stability_box.setValue(0.0)
+    w.everything.form.points_per_side.value = 3
+    w.everything.form.pred_iou_thresh.value = 0.0
+    w.everything.form.stability_score_thresh.value = 0.0
     w.everything.run_button.click()
     qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
     data = w.layers[L.LABELS].data
