@@ -416,6 +416,7 @@ class TrackPanel(JobPanel):
             segmenter = host.predictor
         else:  # SAM 2.1: its memory carries the objects; the SAM 1 recipe's settings do not apply
             settings = {k: v for k, v in settings.items() if k in ("qc",)}
+            cache = model_id = None  # nor does the embedding cache: it keeps its own features
         try:
             prompts = T.collect_track_prompts(
                 self.layers[T.PROMPTS], self.layers[T.BOXES], labels_layer, keys, along

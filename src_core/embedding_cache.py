@@ -30,7 +30,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,11 +76,15 @@ class CachedEmbedding:
         (height, width) of the image that was encoded.
     input_size : tuple of int
         (height, width) of that image after resizing for the encoder.
+    extras : mapping of str to numpy.ndarray
+        Other (1, C, h, w) float32 feature maps the predictor needs with the
+        embedding (SAM 2.1: ``high_res_0``, ``high_res_1``); empty for SAM 1.
     """
 
     embedding: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 class _CorruptEntry(Exception):
@@ -161,9 +165,23 @@ def embedding_preprocessing(predictor: SamPredictor, set_image_kwargs: Mapping[s
             except (TypeError, ValueError):
                 pass  # set_image explains what is wrong with it
         settings[name] = value
-    settings["encoder_dtype"] = str(predictor.model.encoder_dtype)
-    settings["encoder_img_size"] = int(predictor.model.image_encoder.img_size)
+    settings["encoder_dtype"], settings["encoder_img_size"] = _encoder_settings(predictor.model)
     return settings
+
+
+def _encoder_settings(model: Any) -> tuple[str, int]:
+    """(precision, input side) of a SAM 1 or SAM 2.1 model's image encoder."""
+    if hasattr(model, "encoder_dtype"):  # SAM 1
+        return str(model.encoder_dtype), int(model.image_encoder.img_size)
+    import torch
+
+    return str(model.autocast_dtype or torch.float32), int(model.image_size)
+
+
+def _embedding_shape(model: Any) -> tuple[int, int, int, int]:
+    """The (1, C, h, w) embedding a SAM 1 or SAM 2.1 model gives."""
+    encoder = getattr(model, "sam_prompt_encoder", None) or model.prompt_encoder
+    return (1, int(encoder.embed_dim), *map(int, encoder.image_embedding_size))
 
 
 class EmbeddingCache:
@@ -255,6 +273,7 @@ class EmbeddingCache:
         *,
         model_id: str | None = None,
         preprocessing: Mapping[str, object] | None = None,
+        extras: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     ) -> Path | None:
         """Store an embedding under ``key``, then evict old entries down to ``max_bytes``.
 
@@ -268,6 +287,9 @@ class EmbeddingCache:
             As ``SamPredictor.original_size`` and ``.input_size``.
         model_id, preprocessing : optional
             Recorded in the entry's metadata, for people inspecting the cache.
+        extras : mapping, optional
+            Named (1, C, h, w) feature maps stored with the embedding, each packed
+            and checksummed like it (SAM 2.1's high-resolution features).
 
         Returns
         -------
@@ -288,6 +310,16 @@ class EmbeddingCache:
         path = self.path(key)
         array = _embedding_array(embedding)
         storage, stored = _pack(array)
+        extra_arrays, extra_meta = {}, {}
+        for name, value in (extras or {}).items():
+            if not re.fullmatch(r"[a-z0-9_]{1,32}", name):
+                raise ValueError(f"extra feature names are short lowercase words, got {name!r}")
+            extra = _embedding_array(value)
+            extra_storage, extra_arrays[f"extra_{name}"] = _pack(extra)
+            extra_meta[name] = {
+                "shape": list(extra.shape), "storage": extra_storage,
+                "sha256": hashlib.sha256(_bytes_view(extra)).hexdigest(),
+            }
         sizes = {
             "original_size": _size_pair(original_size, "original_size"),
             "input_size": _size_pair(input_size, "input_size"),
@@ -301,6 +333,7 @@ class EmbeddingCache:
             "dtype": "float32",
             "storage": storage,
             "sha256": hashlib.sha256(_bytes_view(array)).hexdigest(),
+            "extras": extra_meta,
             "created": time.time(),
         }
         try:
@@ -318,6 +351,7 @@ class EmbeddingCache:
                     original_size=np.asarray(sizes["original_size"], dtype="<i8"),
                     input_size=np.asarray(sizes["input_size"], dtype="<i8"),
                     metadata=np.frombuffer(_canonical_json(metadata).encode("utf-8"), dtype=np.uint8),
+                    **extra_arrays,
                 )
             try:
                 os.replace(temp, path)
@@ -418,9 +452,9 @@ class EmbeddingCache:
 
 def cache_model_id(predictor: Any) -> str | None:
     """The id under which ``predictor``'s embeddings are cached, or None when they are
-    not: weights without an id (not from a file), or a predictor whose embeddings this
-    cache cannot restore (SAM 2.1's image predictor keeps high-resolution features
-    too)."""
+    not: weights without an id (not from a file), or a predictor that cannot take an
+    embedding back (no ``set_embedding``). SAM 2.1's image predictor is cached with
+    its high-resolution features (``extra_features``)."""
     if not hasattr(predictor, "set_embedding"):
         return None
     return getattr(getattr(predictor, "model", None), "weights_id", None)
@@ -467,13 +501,20 @@ def embed_with_cache(
     preprocessing = embedding_preprocessing(predictor, set_image_kwargs)
     key = make_key(array, model_id=model_id, preprocessing=preprocessing)
     cached = cache.get(key)
-    prompt_encoder = predictor.model.prompt_encoder
-    expected = (1, int(prompt_encoder.embed_dim), *map(int, prompt_encoder.image_embedding_size))
-    if cached is not None and cached.embedding.shape == expected:
+    wants_extras = hasattr(predictor, "extra_features")  # SAM 2.1: high-resolution features too
+    if cached is not None and cached.embedding.shape == _embedding_shape(predictor.model):
         import torch
 
-        predictor.set_embedding(torch.from_numpy(cached.embedding), cached.original_size, cached.input_size)
-        return True
+        embedding = torch.from_numpy(cached.embedding)
+        try:
+            if wants_extras:
+                predictor.set_embedding(embedding, cached.original_size, cached.input_size,
+                                        extra_features=dict(cached.extras))
+            else:
+                predictor.set_embedding(embedding, cached.original_size, cached.input_size)
+            return True
+        except ValueError:
+            pass  # an entry without what this predictor needs: computed again below
     # a miss, or an embedding of another geometry stored under a reused model_id: recompute
     predictor.set_image(array, **set_image_kwargs)
     try:
@@ -484,6 +525,7 @@ def embed_with_cache(
             predictor.input_size,
             model_id=model_id,
             preprocessing=preprocessing,
+            extras=predictor.extra_features() if wants_extras else None,
         )
     except RuntimeError as error:
         if on_store_error is None:
@@ -505,6 +547,10 @@ def _read_entry(file: Any, key: str) -> CachedEmbedding:
         stored = data["embedding"]
         original_size = data["original_size"]
         input_size = data["input_size"]
+        extra_meta = metadata.get("extras", {}) if isinstance(metadata, dict) else {}
+        if not isinstance(extra_meta, dict) or any(f"extra_{name}" not in data.files for name in extra_meta):
+            raise _CorruptEntry("extra features missing")
+        extras_stored = {name: data[f"extra_{name}"] for name in extra_meta}
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_VERSION:
         raise _CorruptEntry("other format version")
     if metadata.get("key") != key:
@@ -519,10 +565,19 @@ def _read_entry(file: Any, key: str) -> CachedEmbedding:
         raise _CorruptEntry("embedding of unexpected shape or dtype")
     if hashlib.sha256(_bytes_view(embedding)).hexdigest() != metadata.get("sha256"):
         raise _CorruptEntry("checksum mismatch")
+    extras = {}
+    for name, meta in extra_meta.items():
+        extra = _unpack(extras_stored[name], meta.get("storage"))
+        if extra.ndim != 4 or list(extra.shape) != meta.get("shape"):
+            raise _CorruptEntry(f"extra feature {name} of unexpected shape")
+        if hashlib.sha256(_bytes_view(extra)).hexdigest() != meta.get("sha256"):
+            raise _CorruptEntry(f"checksum mismatch in extra feature {name}")
+        extras[name] = extra.astype(np.float32, copy=False)
     return CachedEmbedding(
         embedding=embedding.astype(np.float32, copy=False),
         original_size=_size_pair(original_size, "original_size"),
         input_size=_size_pair(input_size, "input_size"),
+        extras=extras,
     )
 
 

@@ -219,6 +219,60 @@ class SAM2ImagePredictor:
             raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
         return self._features["image_embed"]
 
+    # ---- embeddings from elsewhere (the on-disk cache) --------------------------------
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(height, width) of the single image set."""
+        if not self._is_image_set or self._is_batch:
+            raise RuntimeError("original_size is defined for one image set with .set_image(...)")
+        return self._orig_hw[0]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The encoder's input: SAM 2.1 resizes every image to a square of ``resolution``."""
+        return (self.resolution, self.resolution)
+
+    def extra_features(self) -> dict[str, torch.Tensor]:
+        """What SAM 2.1's decoder reads besides the embedding: the high-resolution
+        features, as ``high_res_0`` (finest) and ``high_res_1``; a cache stores them
+        with the embedding."""
+        if not self._is_image_set or self._is_batch:
+            raise RuntimeError("An image must be set with .set_image(...) first.")
+        return {f"high_res_{i}": f for i, f in enumerate(self._features["high_res_feats"])}
+
+    def set_embedding(
+        self,
+        embedding: torch.Tensor,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int] | None = None,
+        *,
+        extra_features: dict[str, Any] | None = None,
+    ) -> None:
+        """Use a precomputed embedding and the :meth:`extra_features` that went with it
+        (e.g. from a cache), as if :meth:`set_image` had computed them."""
+        if input_size is not None and tuple(input_size) != self.input_size:
+            raise ValueError(f"input_size {tuple(input_size)} is not this model's {self.input_size}")
+        levels = len(self._bb_feat_sizes) - 1
+        names = [f"high_res_{i}" for i in range(levels)]
+        if extra_features is None or any(name not in extra_features for name in names):
+            raise ValueError(f"SAM 2.1 needs the high-resolution features ({', '.join(names)}) with the embedding")
+        self.reset_predictor()
+
+        def tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(value).to(self.device, dtype)
+
+        # the dtypes set_image leaves: under bfloat16 autocast the high-resolution maps
+        # come out of their convolutions in bfloat16 (a float32 copy would change how
+        # the decoder rounds its sums with them)
+        high_res_dtype = self.model.autocast_dtype or torch.float32
+        self._features = {
+            "image_embed": tensor(embedding, torch.float32),
+            "high_res_feats": [tensor(extra_features[name], high_res_dtype) for name in names],
+        }
+        self._orig_hw = [(int(original_size[0]), int(original_size[1]))]
+        self._is_image_set = True
+
     # ---- prompts --------------------------------------------------------------------
 
     def _scale(self, coords: torch.Tensor, normalize: bool, orig_hw: tuple[int, int]) -> torch.Tensor:

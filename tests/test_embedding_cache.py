@@ -515,3 +515,61 @@ def test_entry_held_open_elsewhere_is_kept_when_replacing_it_is_refused(tmp_path
     with pytest.raises(RuntimeError, match="cannot access"):
         cache.put(key_of(2), random_embedding(2), (8, 8), (256, 256))
     assert os.listdir(tmp_path) == [f"{key_of(1)}.npz"]
+
+
+# -- SAM 2.1: the embedding with its high-resolution features --------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_tiny():
+    from src_core.model.sam2.sam2_base import build_sam2_model
+
+    torch.manual_seed(3)
+    return build_sam2_model("tiny").eval()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_sam2_embedding_and_high_res_features_round_trip(tmp_path, sam2_tiny, image, dtype):
+    """SAM 2.1's image predictor is cached with both high-resolution maps; reopening
+    gives the same predictions bit for bit, in float32 and with the bfloat16 trunk."""
+    import copy
+
+    from src_core.embedding_cache import cache_model_id
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    model = copy.deepcopy(sam2_tiny).set_compute_dtype(dtype)
+    model.weights_id = "sam2.1_hiera_tiny-test"
+    cache = EmbeddingCache(tmp_path)
+    fresh = SAM2ImagePredictor(model)
+    assert cache_model_id(fresh) == "sam2.1_hiera_tiny-test"
+    assert embed_with_cache(fresh, image, cache, model_id="s2", contrast_limits=(0, 4000)) is False
+    assert len(cache) == 1
+    entry = cache.get(next(iter(p.stem for p in tmp_path.glob("*.npz"))))
+    assert sorted(entry.extras) == ["high_res_0", "high_res_1"]
+    assert entry.extras["high_res_0"].shape == (1, 32, 256, 256)
+    expected = fresh.predict(**POINT)
+
+    reopened = SAM2ImagePredictor(model)
+    calls = spy_on_set_image(reopened)
+    assert embed_with_cache(reopened, image, cache, model_id="s2", contrast_limits=(0, 4000)) is True
+    assert calls == []
+    assert reopened.original_size == fresh.original_size == image.shape
+    for got, want in zip(reopened.predict(**POINT), expected):
+        assert np.array_equal(got, want)
+
+
+def test_sam2_needs_its_high_res_features(tmp_path, sam2_tiny, image):
+    """An entry without the high-resolution features (a SAM 1-style entry under a reused
+    model id) is computed again and replaced; set_embedding without them is refused."""
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(sam2_tiny)
+    cache = EmbeddingCache(tmp_path)
+    preprocessing = embedding_preprocessing(predictor, {})
+    key = make_key(image, model_id="s2", preprocessing=preprocessing)
+    cache.put(key, random_embedding(shape=(1, 256, 64, 64)), image.shape, (1024, 1024))
+    calls = spy_on_set_image(predictor)
+    assert embed_with_cache(predictor, image, cache, model_id="s2") is False and len(calls) == 1
+    assert sorted(cache.get(key).extras) == ["high_res_0", "high_res_1"]
+    with pytest.raises(ValueError, match="high-resolution features"):
+        predictor.set_embedding(torch.zeros(1, 256, 64, 64), (96, 128))

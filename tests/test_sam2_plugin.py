@@ -101,3 +101,50 @@ def test_segment_everything_runs_sam2s_generator(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
     data = w.layers[L.LABELS].data
     assert data.shape == image.shape and data.max() >= 1
+
+
+def test_sam2_embeddings_kept_on_disk(make_napari_viewer, qtbot, tmp_path):
+    """With SAM 2.1, 'Embed all slices' stores every plane (the embedding and its
+    high-resolution features), browsing loads them back, and a click on a reloaded
+    plane gives the mask a fresh embedding gives."""
+    import functools
+
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core import EmbeddingCache
+    from src_core.sam2_predictor import SAM2ImagePredictor
+
+    model = _sam2_model(image_size=256)
+    model.weights_id = "sam2-test-weights"
+    predictor = SAM2ImagePredictor(model)
+    calls = []
+    original = predictor.set_image
+
+    @functools.wraps(original)
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    predictor.set_image = counted
+    stack = np.zeros((3, 64, 80), np.uint8)
+    for z in range(3):
+        stack[z, 15:45, 10 + 8 * z : 40 + 8 * z] = 200
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="stack")
+    w = SegmentAnythingWidget(viewer)
+    cache = EmbeddingCache(tmp_path)
+    w.set_predictor(predictor, "sam2 tiny", cache=cache)
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
+    w.embed_all_slices()
+    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
+    assert len(cache) == 3 and len(calls) == 3
+    for plane in (2, 1, 0, 2):
+        viewer.dims.set_current_step(0, plane)
+        qtbot.waitUntil(lambda plane=plane: w.idle and w.embedded[1] == (plane,), timeout=30000)
+    assert len(calls) == 3  # every plane came back from the disk
+    w.layers[L.POINTS].add(np.array([2.0, 30.0, 40.0]))
+    qtbot.waitUntil(lambda: w.settled and w.layers[L.PREVIEW].data[2].any(), timeout=30000)
+    reloaded = w.layers[L.PREVIEW].data[2].copy()
+    fresh = SAM2ImagePredictor(model)
+    fresh.set_image(stack[2])
+    masks, scores, _ = fresh.predict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]))
+    assert np.array_equal(reloaded > 0, masks[np.argmax(scores)] > 0)
