@@ -6,7 +6,7 @@ on every slice of a stack (then links the slices into 3D objects with
 progress and cancel. The result goes into "SAM labels" with ids above those already
 there, as one undoable edit, so point and box commits can correct it afterwards.
 
-The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+The panel works through the session (:class:`~napari_sam._session.Session`): the
 viewer, the predictor, the chosen image, the SAM layers and the job runner.
 
 Planes that are large for the model (:func:`~src_core.tiling.tiling_plan`) are
@@ -208,8 +208,8 @@ class EverythingPanel(JobPanel):
     job_name = "Segment everything"
     cancelled_message = "Segment everything cancelled; the labels are unchanged."
 
-    def __init__(self, host) -> None:
-        super().__init__(host)
+    def __init__(self, session) -> None:
+        super().__init__(session)
         self.generator_factory = make_generator
         self._generator = None
         self._build_ui()
@@ -236,11 +236,11 @@ class EverythingPanel(JobPanel):
         """Segment everything in the chosen image (shown plane or all slices) in a worker."""
         if not self.host_ready():
             return
-        host = self.host
-        image = host.image_layer
+        session = self.session
+        image = session.image_layer
         settings = self.settings()
-        plan = T.plan_for(image, host.predictor)
-        plane = L.current_plane(image, host.viewer)
+        plan = T.plan_for(image, session.predictor)
+        plane = L.current_plane(image, session.viewer)
         if plan is not None and settings.all_slices and plane:
             show_error(
                 f"Segment everything: the planes of '{image.name}' are large, so they are "
@@ -249,7 +249,7 @@ class EverythingPanel(JobPanel):
             )
             return
         try:
-            self._generator = self.generator_factory(host.predictor, settings)
+            self._generator = self.generator_factory(session.predictor, settings)
         except (ValueError, RuntimeError, ImportError) as err:
             show_error(f"Segment everything: {err}")
             return
@@ -258,13 +258,13 @@ class EverythingPanel(JobPanel):
             planes = [(*prefix, k) for k in range(L.spatial_shape(image)[len(prefix)])]
         else:
             prefix, planes = plane, [plane]
-        labels_layer = host.layers[L.LABELS]
-        overwrite = host.paint_over.isChecked()
-        generator, read = self._generator, host.plane_reader(image)
-        normalization, stop, report = host.normalization(image), self.should_stop, self.report
+        labels_layer = session.layers[L.LABELS]
+        overwrite = session.paint_over
+        generator, read = self._generator, session.plane_reader(image)
+        normalization, stop, report = session.normalization(image), self.should_stop, self.report
 
         if plan is not None:
-            source = T.lazy_plane([image, *host.channel_layers()], plane)
+            source = T.lazy_plane([image, *session.channel_layers()], plane)
 
             def work():
                 return segment_large_plane(generator, source, normalization, plan, report, stop)
@@ -290,9 +290,9 @@ class EverythingPanel(JobPanel):
     def _on_result(self, labels, labels_layer, prefix: tuple, overwrite: bool) -> None:
         self.result_arrived()
         if labels is None:
-            self.host.set_status("Segment everything cancelled; the labels are unchanged.")
+            self.session.set_status("Segment everything cancelled; the labels are unchanged.")
             return
-        if labels_layer not in self.host.viewer.layers:
+        if labels_layer not in self.session.viewer.layers:
             show_warning(f"'{L.LABELS}' was removed while segmenting: the result is dropped.")
             return
         try:
@@ -306,8 +306,8 @@ class EverythingPanel(JobPanel):
             show_error(f"Segment everything: {err}")
             return
         if not first:
-            self.host.set_status("Segment everything found nothing new (try lower thresholds).")
+            self.session.set_status("Segment everything found nothing new (try lower thresholds).")
             return
         count = last - first + 1
         undo = "" if undoable else " (too large to undo)"
-        self.host.set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")
+        self.session.set_status(f"Segment everything: {count} object{'s' * (count != 1)}, ids {first}-{last}{undo}.")

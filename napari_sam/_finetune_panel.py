@@ -6,7 +6,7 @@ in one of the widget's jobs, with progress (loss) and cancel. The result is writ
 as a checkpoint in the official layout and then loaded in place of the model, so the
 next clicks use it; the file can be loaded again later ("local weights file").
 
-The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+The panel works through the session (:class:`~napari_sam._session.Session`): the
 viewer, the predictor, the chosen image, its normalization and the job runner.
 """
 
@@ -123,13 +123,13 @@ class FinetunePanel(JobPanel):
     job_name = "Fine-tune"
     cancelled_message = "Fine-tuning cancelled; the model is unchanged and nothing was written."
 
-    def __init__(self, host) -> None:
-        super().__init__(host)
+    def __init__(self, session) -> None:
+        super().__init__(session)
         self._started: tuple[float, int] | None = None  # (time, step) the estimate counts from
         self._loss = float("nan")  # the last step's, written by the worker
         self._build_ui()
-        host.viewer.layers.events.inserted.connect(self.refresh_labels)
-        host.viewer.layers.events.removed.connect(self.refresh_labels)
+        session.viewer.layers.events.inserted.connect(self.refresh_labels)
+        session.viewer.layers.events.removed.connect(self.refresh_labels)
 
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
@@ -164,8 +164,8 @@ class FinetunePanel(JobPanel):
         from napari.layers import Labels
 
         current = self.labels_box.currentText()
-        layers = {layer.name: layer for layer in self.host.viewer.layers if isinstance(layer, Labels)}
-        own = self.host.layers.get(L.LABELS)  # the chosen image's own "SAM labels"
+        layers = {layer.name: layer for layer in self.session.viewer.layers if isinstance(layer, Labels)}
+        own = self.session.layers.get(L.LABELS)  # the chosen image's own "SAM labels"
         own_name = own.name if own is not None else L.LABELS
         names = sorted(layers, key=lambda name: name != own_name)
         self.labels_box.blockSignals(True)
@@ -181,11 +181,11 @@ class FinetunePanel(JobPanel):
 
     def run(self) -> None:
         """Fine-tune a copy of the loaded model on the chosen image and labels, in a worker."""
-        host = self.host
+        session = self.session
         if not self.host_ready(model=False, layers=False):
             return
-        image = host.image_layer
-        model = getattr(host.predictor, "model", None)
+        image = session.image_layer
+        model = getattr(session.predictor, "model", None)
         if model is None:
             show_warning("Fine-tune: load a model first ('Load model'); it is the starting point.")
             return
@@ -194,10 +194,10 @@ class FinetunePanel(JobPanel):
             return
         self.refresh_labels()
         name = self.labels_box.currentText()
-        if not name or name not in host.viewer.layers:
+        if not name or name not in session.viewer.layers:
             show_warning("Fine-tune: there is no labels layer; commit a few objects first.")
             return
-        labels = host.viewer.layers[name].data
+        labels = session.viewer.layers[name].data
         spatial = L.spatial_shape(image)
         if tuple(labels.shape) != tuple(spatial):
             show_error(
@@ -212,7 +212,7 @@ class FinetunePanel(JobPanel):
         output = output or default_output(image.name)
         try:
             images, masks = training_pairs(
-                host.plane_reader(image), host.normalization(image), labels, tuple(spatial[:-2])
+                session.plane_reader(image), session.normalization(image), labels, tuple(spatial[:-2])
             )
         except ValueError as err:
             show_error(f"Fine-tune: {err}")
@@ -254,7 +254,7 @@ class FinetunePanel(JobPanel):
             seconds = (now - first_time) / (step - first_step) * (total - step)
             left = f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
         self.progress_bar.setFormat(f"%v/%m  loss {loss:.3f}{left}")
-        self.host.set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
+        self.session.set_status(f"Fine-tuning: step {step}/{total}, loss {loss:.3f}{left}")
         if self._progress is not None:
             self._progress.set_description(f"Fine-tune (loss {loss:.3f})")
         super().on_progress(step, total)
@@ -262,10 +262,9 @@ class FinetunePanel(JobPanel):
     def _on_result(self, predictor, output: Path) -> None:
         self.result_arrived()
         if predictor is None:
-            self.host.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
+            self.session.set_status("Fine-tuning cancelled; the model is unchanged and nothing was written.")
             return
         # the message outlives the status line, which the re-embedding overwrites
         show_info(f"Fine-tuned model saved to {output} and in use. Load it later as a local weights file.")
         # the model box says what is in use: the model type with the fine-tuned weights file
-        self.host.model_panel.show_weights(output)
-        self.host.set_predictor(predictor, f"fine-tuned model ({output})")
+        self.session.set_predictor(predictor, f"fine-tuned model ({output})", weights=output)

@@ -2,7 +2,7 @@
 
 Every panel that runs long work (segment everything, text, track, fine-tune) is a
 :class:`JobPanel`. Its ``run`` checks its inputs, makes a napari worker (with
-``ignore_errors=True``: errors reach the host as notifications), connects what the
+``ignore_errors=True``: errors reach the session as notifications), connects what the
 result means to it, and hands it to :meth:`JobPanel.start_job`. The work reports
 through :meth:`JobPanel.report` (any thread) and stops when
 :meth:`JobPanel.should_stop` says so; the engine's functions take both as their
@@ -38,9 +38,9 @@ class JobPanel(QWidget):
     cancelled_message: str | None = "Cancelled; nothing changed."
     progressed = Signal(int, int)  # (done, total), emitted by report() from the worker
 
-    def __init__(self, host) -> None:
+    def __init__(self, session) -> None:
         super().__init__()
-        self.host = host
+        self.session = session
         self._stop = threading.Event()
         self._progress: progress | None = None
         self.running = False
@@ -73,19 +73,19 @@ class JobPanel(QWidget):
         """The checks every run starts with, each a warning naming what to do: no other
         job running, an image chosen, a model loaded, the image's SAM layers there
         (made again when one was removed)."""
-        host, name = self.host, self.job_name
-        if not host.idle:
+        session, name = self.session, self.job_name
+        if not session.idle:
             show_warning("Busy: wait for the current job to finish (or cancel it).")
             return False
-        if host.image_layer is None:
+        if session.image_layer is None:
             show_warning(f"{name}: add or choose an image layer first.")
             return False
-        if model and host.predictor is None:
+        if model and session.predictor is None:
             show_warning(f"{name}: load a model first ('Load model').")
             return False
-        if layers and not host.layers:  # a SAM layer was removed: make them again
-            host.prepare_layers()
-            if not host.idle:
+        if layers and not session.layers:  # a SAM layer was removed: make them again
+            session.prepare_layers()
+            if not session.idle:
                 show_warning(f"{name}: preparing the image; press {self.run_button.text()} again when it is ready.")
                 return False
         return True
@@ -101,7 +101,7 @@ class JobPanel(QWidget):
         self.progressed.emit(int(done), int(total))
 
     def start_job(self, worker, status: str, *, total: int = 0) -> None:
-        """Run ``worker`` through the host; ``total`` 0 shows a busy bar until the first report."""
+        """Run ``worker`` through the session; ``total`` 0 shows a busy bar until the first report."""
         self._stop.clear()
         worker.finished.connect(self._job_finished)
         self._progress = progress(total=total, desc=self.job_name)
@@ -110,8 +110,8 @@ class JobPanel(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.running = True
-        self.host.set_status(status)
-        self.host.run_job(worker)
+        self.session.set_status(status)
+        self.session.run_job(worker)
 
     def result_arrived(self) -> None:
         """Called first by a result handler: the job is done, a late Cancel changes nothing."""
@@ -123,7 +123,7 @@ class JobPanel(QWidget):
             return
         self._stop.set()
         self.on_cancel()
-        self.host.set_status(f"cancelling {self.job_name.lower()} ...")
+        self.session.set_status(f"cancelling {self.job_name.lower()} ...")
 
     def on_cancel(self) -> None:
         """Stop parts of the work that do not ask ``should_stop`` (default: nothing)."""
@@ -147,7 +147,7 @@ class JobPanel(QWidget):
         if self._stop.is_set():  # no result came (cancelled, or aborted): say so
             self._stop.clear()
             if self.cancelled_message:
-                self.host.set_status(self.cancelled_message)
+                self.session.set_status(self.cancelled_message)
         self.running = False
         if self._progress is not None:
             self._progress.close()

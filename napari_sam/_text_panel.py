@@ -11,7 +11,7 @@ Track panel as a new object (its box on the shown frame), ready to Propagate.
 
 CLIP (open_clip, the optional ``napari-sam[text]`` extra) is loaded, and its weights
 downloaded on first use, inside the job; it is then kept for the next searches.
-The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+The panel works through the session (:class:`~napari_sam._session.Session`): the
 viewer, the predictor, the chosen image, the SAM layers and the job runner.
 """
 
@@ -35,7 +35,7 @@ from src_core.jobs import Cancelled
 from . import _layers as L
 from . import _tiled as T
 from . import _track_layers as TL
-from ._everything_panel import UNDO_LIMIT, make_generator, paint_labels
+from ._everything_panel import UNDO_LIMIT, EverythingSettings, make_generator, paint_labels
 from ._job import JobPanel
 
 
@@ -69,8 +69,11 @@ class TextPanel(JobPanel):
     job_name = "SAM text"
     cancelled_message = "SAM text cancelled; nothing changed."
 
-    def __init__(self, host) -> None:
-        super().__init__(host)
+    def __init__(self, session, everything_settings=None, track=None) -> None:
+        super().__init__(session)
+        # segment everything's settings make the candidates; "Track these" goes to Track
+        self.everything_settings = everything_settings or EverythingSettings
+        self.track_panel = track or (lambda: None)
         self.scorer_factory = load_scorer
         self.generator_factory = make_generator
         self.tiled_factory = make_tiled_predictor
@@ -123,28 +126,28 @@ class TextPanel(JobPanel):
 
     def run(self) -> None:
         """Find the objects the text names on the shown plane, in a worker."""
-        host = self.host
+        session = self.session
         text = " ".join(self.text_edit.text().split())
         if not text:
             show_warning("SAM text: type what to find first, e.g. 'nucleus'.")
             return
         if not self.host_ready():
             return
-        image = host.image_layer
-        plan = T.plan_for(image, host.predictor)
+        image = session.image_layer
+        plan = T.plan_for(image, session.predictor)
         try:
-            self._generator = self.generator_factory(host.predictor, host.everything.settings())
-            tiled = self.tiled_factory(host.predictor, plan) if plan is not None else None
+            self._generator = self.generator_factory(session.predictor, self.everything_settings())
+            tiled = self.tiled_factory(session.predictor, plan) if plan is not None else None
         except (ValueError, RuntimeError, ImportError) as err:
             show_error(f"SAM text: {err}")
             return
-        key = host.embedding_key()
+        key = session.embedding_key()
         # a large plane is read tile by tile, by a tiled predictor of its own: the
         # widget's predictor keeps its embedding
-        plane, set_image = key[1], plan is None and key != host.embedded
-        source = T.lazy_plane([image, *host.channel_layers()], plane) if plan is not None else None
-        predictor, generator, factory = host.predictor, self._generator, self.scorer_factory
-        read, normalization = host.plane_reader(image), host.normalization(image)
+        plane, set_image = key[1], plan is None and key != session.embedded
+        source = T.lazy_plane([image, *session.channel_layers()], plane) if plan is not None else None
+        predictor, generator, factory = session.predictor, self._generator, self.scorer_factory
+        read, normalization = session.plane_reader(image), session.normalization(image)
         negatives, top_k = self.negatives(), self.top_k_box.value() or None
         threshold, stop, report = self.threshold_box.value(), self.should_stop, self.report
 
@@ -178,7 +181,7 @@ class TextPanel(JobPanel):
         worker = thread_worker(work, ignore_errors=True)()
         worker.returned.connect(lambda result: self._on_result(result, text, plane, key, set_image))
         if set_image:
-            host.forget_embedding()  # the predictor will hold the shown plane again
+            session.forget_embedding()  # the predictor will hold the shown plane again
         where = f" in plane {plane}" if plane else ""
         where += ", tile by tile" if plan is not None else ""
         self.start_job(worker, f"SAM text: looking for {text!r}{where} of '{image.name}' ...")
@@ -194,33 +197,33 @@ class TextPanel(JobPanel):
         self.progress_bar.setValue(0)
 
     def _on_result(self, result, text: str, plane: tuple, key, set_image: bool) -> None:
-        host = self.host
+        session = self.session
         self.result_arrived()
         status, value = result
         if set_image and status == "ok":
-            host.adopt_embedding(key)  # the predictor holds the plane's embedding now
+            session.adopt_embedding(key)  # the predictor holds the plane's embedding now
         if status == "cancelled":
-            host.set_status("SAM text cancelled; nothing changed.")
+            session.set_status("SAM text cancelled; nothing changed.")
             return
         if status == "error":
             show_error(f"SAM text: {value}")
-            host.set_status(f"SAM text: {value}")
+            session.set_status(f"SAM text: {value}")
             return
-        preview = host.layers.get(L.PREVIEW)
+        preview = session.layers.get(L.PREVIEW)
         if preview is None:
             show_warning(f"'{L.PREVIEW}' was removed while searching: the result is dropped.")
             return
-        if host.segmenter is not None:
-            host.segmenter.reset()  # the preview now shows the text's matches
+        if session.segmenter is not None:
+            session.segmenter.reset()  # the preview now shows the text's matches
 
         def paint(view) -> None:
             for k in range(len(value) - 1, -1, -1):  # label 1 = the best match, on top
                 value[k].paste(view, k + 1)
 
-        host.show_in_preview(plane, paint)
+        session.show_in_preview(plane, paint)
         self.matches, self.match_plane = value, plane
         scores = f"scores {value[0].score:.2f}" + (f" to {value[-1].score:.2f}" if len(value) > 1 else "")
-        host.set_status(
+        session.set_status(
             f"SAM text: {len(value)} object{'s' * (len(value) != 1)} match {text!r} ({scores}). "
             "Commit (C) adds them, Clear (Q) drops them, 'Track these' tracks them."
         )
@@ -228,19 +231,19 @@ class TextPanel(JobPanel):
     # -- results ------------------------------------------------------------------------
 
     def discard(self) -> None:
-        """Forget the matches (the preview is the host's to clear)."""
+        """Forget the matches (the preview is the session's to clear)."""
         self.matches, self.match_plane = None, None
 
     def commit(self) -> None:
         """Write the matches into 'SAM labels' with new ids, as one undo step."""
-        host = self.host
-        if not self.matches or L.LABELS not in host.layers:
+        session = self.session
+        if not self.matches or L.LABELS not in session.layers:
             self.discard()
             return
         from src_core.text import TiledTextMatch, matches_to_labels, visible_parts
 
-        labels_layer, plane = host.layers[L.LABELS], self.match_plane
-        overwrite = host.paint_over.isChecked()
+        labels_layer, plane = session.layers[L.LABELS], self.match_plane
+        overwrite = session.paint_over
         try:
             if isinstance(self.matches[0], TiledTextMatch):  # a large plane: painted crop by crop
                 first, last, _ = T.paint_crops(labels_layer, visible_parts(self.matches), plane,
@@ -253,16 +256,19 @@ class TextPanel(JobPanel):
             return
         self.discard()
         if not first:
-            host.set_status("SAM text: nothing new to commit (the matches are labelled already).")
+            session.set_status("SAM text: nothing new to commit (the matches are labelled already).")
         else:
-            host.set_status(f"committed {last - first + 1} object{'s' * (last != first)}, ids {first}-{last}")
+            session.set_status(f"committed {last - first + 1} object{'s' * (last != first)}, ids {first}-{last}")
 
     def track_matches(self) -> None:
         """Give each match to the Track panel as a new object: its box on the shown frame."""
         if not self.matches:
             show_info("SAM text: find objects first (type a text, then Find).")
             return
-        track = self.host.track
+        track = self.track_panel()
+        if track is None:
+            show_info("SAM text: there is no Track panel to give the matches to.")
+            return
         if not track.prepare():
             return
         plane = list(self.match_plane or ())  # (t,) or (t, z): where the matches were found
@@ -276,6 +282,6 @@ class TextPanel(JobPanel):
             boxes.add_rectangles(np.array(corners, float))
         last = first + len(self.matches) - 1
         where = ", ".join(map(str, plane))
-        self.host.set_status(
+        self.session.set_status(
             f"Track: objects {first}-{last} prompted by their boxes in plane ({where}); press Propagate."
         )

@@ -14,7 +14,7 @@ and overlay video. "Settings" (:class:`~napari_sam._track_settings.TrackSettings
 holds the engine's prompt recipe and its accept/reject thresholds. A (T, Z, Y, X)
 stack is tracked through time at the shown z (or through z at the shown t).
 
-The panel uses its host (:class:`~napari_sam._widget.SegmentAnythingWidget`) for the
+The panel works through the session (:class:`~napari_sam._session.Session`): the
 viewer, the predictor, the chosen image, its normalization and the job runner.
 """
 
@@ -118,8 +118,8 @@ class TrackPanel(JobPanel):
     job_name = "Tracking"
     cancelled_message = None  # the run's outcome says it (the frames tracked so far are kept)
 
-    def __init__(self, host) -> None:
-        super().__init__(host)
+    def __init__(self, session) -> None:
+        super().__init__(session)
         self.layers: dict = {}
         # corrected planes, (t,) or (t, z): replaced, never changed in place (workers read it)
         self._key_planes: frozenset[tuple[int, ...]] = frozenset()
@@ -131,7 +131,7 @@ class TrackPanel(JobPanel):
         self.outcome: TrackOutcome | None = None  # how the last run ended
         self._lost: dict[tuple[int, ...], dict[int, str]] = {}  # plane -> {id: why it was lost there}
         self._build_ui()
-        host.viewer.dims.events.current_step.connect(self.show_lost)
+        session.viewer.dims.events.current_step.connect(self.show_lost)
 
     # -- UI -----------------------------------------------------------------------------
 
@@ -240,17 +240,17 @@ class TrackPanel(JobPanel):
     def track_axis(self) -> T.TrackAxis:
         """The axis a run goes through now: the first axis, or in a (T, Z, Y, X) stack
         time at the shown z ("along" time) or z at the shown t ("along" z)."""
-        image = self.host.image_layer
+        image = self.session.image_layer
         if image is None or len(L.spatial_shape(image)) != 4:
             return T.TrackAxis()
-        t, z = L.current_plane(image, self.host.viewer)
+        t, z = L.current_plane(image, self.session.viewer)
         return T.TrackAxis(0, z) if self.axis_box.currentIndex() == 0 else T.TrackAxis(1, t)
 
     def current_frame(self) -> int:
-        image = self.host.image_layer
+        image = self.session.image_layer
         if image is None:
             return 0
-        plane = L.current_plane(image, self.host.viewer)
+        plane = L.current_plane(image, self.session.viewer)
         return plane[self.track_axis().axis] if plane else 0
 
     @property
@@ -268,26 +268,26 @@ class TrackPanel(JobPanel):
         the image's, and the hint says what to do next. Nothing is said on a 2D image
         but the hint (the tab may be opened just to look).
         """
-        image = self.host.image_layer
+        image = self.session.image_layer
         if image is None or len(L.spatial_shape(image)) not in (3, 4):
             self.hint_label.setText(NOT_A_STACK)
             return False
         if not self.prepare():
             return False
         points = self.layers[T.PROMPTS]
-        self.host.viewer.layers.selection.active = points
+        self.session.viewer.layers.selection.active = points
         points.mode = "add"
         self.hint_label.setText(NEXT_STEP)
         return True
 
     def prepare(self) -> bool:
         """Make (or find) the track layers for the chosen image; False (with a message) if it can't be tracked."""
-        image = self.host.image_layer
+        image = self.session.image_layer
         if image is None:
             show_warning("Track: add or choose an image layer (a video or a stack) first.")
             return False
         try:
-            layers = T.ensure_track_layers(self.host.viewer, image)
+            layers = T.ensure_track_layers(self.session.viewer, image)
         except ValueError as err:
             show_error(f"Track: {err}")
             return False
@@ -347,10 +347,10 @@ class TrackPanel(JobPanel):
         self.background_check.setChecked(False)
         self.object_box.setValue(T.largest_id(*(self.layers[k] for k in (T.PROMPTS, T.BOXES, T.TRACKS))) + 1)
         points = self.layers[T.PROMPTS]
-        if self.host.viewer.layers.selection.active is not self.layers[T.BOXES]:
-            self.host.viewer.layers.selection.active = points  # ready to click on the next object
+        if self.session.viewer.layers.selection.active is not self.layers[T.BOXES]:
+            self.session.viewer.layers.selection.active = points  # ready to click on the next object
             points.mode = "add"
-        self.host.set_status(f"Track: object {self.object_box.value()}; click on it or draw a box.")
+        self.session.set_status(f"Track: object {self.object_box.value()}; click on it or draw a box.")
 
     # -- key frames ---------------------------------------------------------------------
 
@@ -386,19 +386,19 @@ class TrackPanel(JobPanel):
 
     def run(self) -> None:
         """Propagate the prompted objects over the range, in a worker, frame by frame."""
-        host = self.host
-        if not host.idle:
+        session = self.session
+        if not session.idle:
             show_warning("Busy: wait for the current job to finish (or cancel it).")
             return
-        if host.predictor is None:
+        if session.predictor is None:
             show_warning("Track: load a model first ('Load model').")
             return
         if not self.prepare():
             return
-        image = host.image_layer
+        image = session.image_layer
         labels_layer = self.layers[T.TRACKS]
         along = self.track_axis()
-        channels = host.channel_layers()  # "+ channels": tracked together with the image
+        channels = session.channel_layers()  # "+ channels": tracked together with the image
         frames = along.take(getattr(image.data, "source", image.data))  # a damaged video frame stops the run
         if channels:
             frames = T.StackedFrames([frames, *(along.take(layer.data) for layer in channels)])
@@ -407,13 +407,13 @@ class TrackPanel(JobPanel):
         along_z = self.axis_box.currentIndex() == 1
         direction = "both" if along_z else self.direction_box.currentText()
         keys = self._keys_on(along)
-        kwargs = host.normalization(image)  # the widget's contrast, the channels included
-        model_id = cache_model_id(host.predictor)
-        cache = host.embedding_cache() if model_id else None
+        kwargs = session.normalization(image)  # the widget's contrast, the channels included
+        model_id = cache_model_id(session.predictor)
+        cache = session.embedding_cache() if model_id else None
         settings = self.settings()
-        segmenter = memory_tracker(host.predictor)
+        segmenter = memory_tracker(session.predictor)
         if segmenter is None:
-            segmenter = host.predictor
+            segmenter = session.predictor
         else:  # SAM 2.1: its memory carries the objects; the SAM 1 recipe's settings do not apply
             settings = {k: v for k, v in settings.items() if k in ("qc",)}
             cache = model_id = None  # nor does the embedding cache: it keeps its own features
@@ -444,9 +444,9 @@ class TrackPanel(JobPanel):
         worker.yielded.connect(self._on_result)
         worker.returned.connect(self._on_outcome)
         worker.aborted.connect(lambda: self._on_outcome(TrackOutcome("cancelled", self._done)))
-        host.forget_embedding()  # the predictor will hold other frames: the shown one comes back after
-        if host.segmenter is not None:
-            host.segmenter.reset()
+        session.forget_embedding()  # the predictor will hold other frames: the shown one comes back after
+        if session.segmenter is not None:
+            session.segmenter.reset()
         what = "slices" if along_z else "frames"
         self.start_job(worker, f"Tracking {len(prompts)} prompts through {what} {start}-{stop - 1} ...")
 
@@ -477,8 +477,8 @@ class TrackPanel(JobPanel):
 
     def on_cancel(self) -> None:
         """Stop within an embedding too; the frames tracked so far are kept."""
-        if hasattr(self.host.predictor, "cancel"):
-            self.host.predictor.cancel()
+        if hasattr(self.session.predictor, "cancel"):
+            self.session.predictor.cancel()
 
     def _on_result(self, result) -> None:
         self._done += 1
@@ -486,12 +486,12 @@ class TrackPanel(JobPanel):
         if labels is not None:
             labels.refresh()
         if self.follow_check.isChecked() and self._run_axis is not None:
-            step = list(self.host.viewer.dims.current_step)
+            step = list(self.session.viewer.dims.current_step)
             # the tracked axis among the image's spatial axes
-            axis = self.host.viewer.dims.ndim - labels.data.ndim + self._run_axis.axis
+            axis = self.session.viewer.dims.ndim - labels.data.ndim + self._run_axis.axis
             if step[axis] != result.frame:
                 step[axis] = result.frame
-                self.host.viewer.dims.current_step = tuple(step)
+                self.session.viewer.dims.current_step = tuple(step)
         self.on_progress(result.step, result.total)
         lost = [i for i, o in result.objects.items() if o.mask is None]
         if self._run_axis is not None:
@@ -500,7 +500,7 @@ class TrackPanel(JobPanel):
             if lost:
                 self._lost[plane] = {i: result.objects[i].reason for i in lost}
             self.show_lost()
-        self.host.set_status(
+        self.session.set_status(
             f"frame {result.frame}: {len(result.objects) - len(lost)} object{'s' * (len(result.objects) - len(lost) != 1)}"
             + (f", lost {lost}" if lost else "")
             + f" ({result.step}/{result.total})"
@@ -508,7 +508,7 @@ class TrackPanel(JobPanel):
 
     def lost_on_shown_frame(self) -> dict[int, str]:
         """Object id -> why it was lost on the frame shown (empty when none was)."""
-        image = self.host.image_layer
+        image = self.session.image_layer
         if image is None:
             return {}
         along = self.track_axis()
@@ -524,12 +524,12 @@ class TrackPanel(JobPanel):
         self.outcome = outcome
         self._update_tracks()
         if outcome.status == "done":
-            self.host.set_status(f"Tracking done: {outcome.frames} frames.")
+            self.session.set_status(f"Tracking done: {outcome.frames} frames.")
         elif outcome.status == "cancelled":
-            self.host.set_status("Tracking cancelled; the frames tracked so far are kept.")
+            self.session.set_status("Tracking cancelled; the frames tracked so far are kept.")
         else:
             show_error(f"Track: {outcome.message}")
-            self.host.set_status(f"Tracking stopped after {outcome.frames} frames; they are kept.")
+            self.session.set_status(f"Tracking stopped after {outcome.frames} frames; they are kept.")
 
     def on_finished(self) -> None:
         if self.writer is not None and self._run_axis is not None:  # keep the run's rows
@@ -555,7 +555,7 @@ class TrackPanel(JobPanel):
             data, graph, features = self._tracks_through_time_per_z()
         if not len(data):
             return
-        viewer, image = self.host.viewer, self.host.image_layer
+        viewer, image = self.session.viewer, self.session.image_layer
         existing = {layer.name: layer for layer in viewer.layers}.get(T.TRAJECTORIES)
         if existing is not None and existing.data.shape[1] != data.shape[1]:
             viewer.layers.remove(existing)  # another image's dimensions
@@ -656,7 +656,7 @@ class TrackPanel(JobPanel):
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
-        self.host.set_status(f"Table written to {path}")
+        self.session.set_status(f"Table written to {path}")
         return path
 
     def export_trajectories(self, path=None) -> Path | None:
@@ -672,7 +672,7 @@ class TrackPanel(JobPanel):
         except OSError as err:
             show_error(f"Track: could not write {path}: {err}")
             return None
-        self.host.set_status(f"Trajectories written to {path}")
+        self.session.set_status(f"Trajectories written to {path}")
         return path
 
     def export_video(self, path=None):
@@ -680,16 +680,16 @@ class TrackPanel(JobPanel):
         path = self._target(path, "Save the overlay video", "MP4 video (*.mp4)")
         if path is None:
             return None
-        if not self.host.idle:
+        if not self.session.idle:
             show_warning("Busy: wait for the current job to finish (or cancel it).")
             return None
-        image, along = self.host.image_layer, self.track_axis()
+        image, along = self.session.image_layer, self.track_axis()
         frames, labels = along.take(image.data), along.take(self.layers[T.TRACKS].data)
         fps = float(image.metadata.get("fps", 15.0) or 15.0)
         worker = thread_worker(
             write_overlay_video, ignore_errors=True, progress={"total": 0, "desc": "Writing overlay video"}
         )(path, frames, labels, fps=fps)
-        worker.returned.connect(lambda written: self.host.set_status(f"Overlay video written to {written}"))
-        self.host.set_status(f"Writing {path} ...")
-        self.host.run_job(worker)
+        worker.returned.connect(lambda written: self.session.set_status(f"Overlay video written to {written}"))
+        self.session.set_status(f"Writing {path} ...")
+        self.session.run_job(worker)
         return worker

@@ -1,10 +1,11 @@
 """The "Segment Anything" dock widget: point and box prompts, live preview, commit.
 
-Thin by design: layers -> :class:`~src_core.prompts.Prompt` (``_layers``), the engine
-(:class:`~src_core.interactive.ObjectSegmenter`) in napari thread workers, results ->
-layers. One job (model load, embedding, or decode) runs at a time; a prompt edit that
-arrives meanwhile is remembered and decoded next with the newest prompts, so edits
-never queue up.
+The widget shows a :class:`~napari_sam._session.Session` (the model, the chosen
+image and its layers, the embedding, the one job at a time, the status line) and
+handles the prompt layers: layers -> :class:`~src_core.prompts.Prompt`
+(``_layers``), the engine (:class:`~src_core.interactive.ObjectSegmenter`) in napari
+thread workers, results -> layers. A prompt edit that arrives while a job runs is
+remembered and decoded next with the newest prompts, so edits never queue up.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
-from src_core.embedding_cache import cache_model_id
-from src_core.interactive import ObjectSegmenter
-from src_core.preprocess import blank_value
 from src_core.tiling import TiledCandidates, TiledObjectSegmenter
 
 from . import _layers as L
@@ -27,6 +33,7 @@ from ._everything_panel import EverythingPanel
 from ._finetune_panel import FinetunePanel
 from ._image_panel import ImagePanel
 from ._model_panel import ModelPanel, load_predictor
+from ._session import Session
 from ._text_panel import TextPanel
 from ._track_panel import TrackPanel
 
@@ -41,45 +48,28 @@ KEYS = (
 )
 
 
-class EmbeddingNotStored(Exception):
-    """Embedding all slices could not write to the disk cache."""
-
-
 class SegmentAnythingWidget(QWidget):
-    """Dock widget driving SAM on the selected image layer.
+    """Dock widget driving SAM on the chosen image layer.
 
-    Its public API is what the panels (and tests) use: :attr:`predictor`,
-    :attr:`image_layer` and its SAM :attr:`layers`, :meth:`channel_layers`,
-    :meth:`normalization`, :meth:`plane_reader`, :meth:`embedding_cache`,
-    :attr:`embedded` / :meth:`embedding_key` / :meth:`forget_embedding` /
-    :meth:`adopt_embedding`, :meth:`run_job` with :attr:`idle` and
-    :attr:`current_job`, :meth:`set_status`, :meth:`show_in_preview`,
-    :meth:`prepare_layers`, and the :attr:`ready` signal.
+    :attr:`session` (:class:`~napari_sam._session.Session`) is its public API, the
+    one the panels and tests use; the widget adds the model box, the image box, the
+    tick boxes and buttons, the status label, and the prompt layers' clicks and keys
+    (:meth:`commit`, :meth:`clear`, :meth:`next_candidate`, :meth:`undo_commit`,
+    :meth:`toggle_negative`, :meth:`load_model`, :meth:`cancel`).
     """
-
-    #: emitted with the embedding key when the shown plane is embedded and prompts can be decoded
-    ready = Signal(object)
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.predictor = None
-        self._cache = None
-        self.segmenter: ObjectSegmenter | None = None
-        self.layers: dict = {}
-        self._embedded: tuple | None = None  # (layer id, plane, settings, channels) embedded
-        self._blank: tuple | None = None  # the embedded plane, when it is blank (one value everywhere)
-        self._cancelled: tuple | None = None  # the embedding the user cancelled
-        self._worker = None
-        self._decode_pending = False
-        self._preview_plane: tuple | None = None
-        self._preview_region: tuple | None = None  # the box painted in a large (tiled) plane
         self._negative_once = False
         self._connected: set[int] = set()  # prompt layers whose events we listen to
         self._generation = 0  # counts the predictors set (an automatic load yields to a newer one)
         self._loading = False
         self._shown_once = False
         self._build_ui()
+        self.session.layers_changed.connect(self._on_layers_changed)
+        self.session.decode_requested.connect(self._start_decode)
+        self.session.model_changed.connect(self._on_model_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.current_step.connect(self._on_plane_changed)
@@ -92,7 +82,7 @@ class SegmentAnythingWidget(QWidget):
         self.model_panel = ModelPanel()
         self.model_panel.load_button.clicked.connect(self.load_model)
         self.model_panel.model_box.currentIndexChanged.connect(
-            lambda *_: self.predictor is None and self.set_status(self.model_panel.hint())
+            lambda *_: self.session.predictor is None and self.session.set_status(self.model_panel.hint())
         )
         layout.addWidget(self.model_panel)
         self.image_panel = ImagePanel()
@@ -100,7 +90,9 @@ class SegmentAnythingWidget(QWidget):
         self.image_panel.norm_box.currentIndexChanged.connect(self._on_image_changed)
         self.image_panel.channel_list.itemChanged.connect(self._on_channels_changed)
         layout.addWidget(self.image_panel)
+        self.session = Session(self.viewer, self.image_panel)
         self.paint_over = QCheckBox("commit paints over existing labels")
+        self.paint_over.toggled.connect(lambda on: setattr(self.session, "paint_over", on))
         layout.addWidget(self.paint_over)
         self.use_cache = QCheckBox("keep embeddings on disk")
         self.use_cache.setChecked(True)
@@ -109,6 +101,7 @@ class SegmentAnythingWidget(QWidget):
             "Stored under the napari-sam cache folder (NAPARI_SAM_CACHE overrides it), "
             "at most 2 GB; the least recently used are removed first."
         )
+        self.use_cache.toggled.connect(lambda on: setattr(self.session, "keep_embeddings", on))
         layout.addWidget(self.use_cache)
         buttons = QHBoxLayout()
         for text, slot in (
@@ -121,15 +114,19 @@ class SegmentAnythingWidget(QWidget):
             buttons.addWidget(button)
         layout.addLayout(buttons)
         stack_buttons = QHBoxLayout()
-        for text, slot in (("Embed all slices", self.embed_all_slices), ("Cancel", self.cancel)):
+        for text, slot in (("Embed all slices", self.session.embed_all_slices), ("Cancel", self.cancel)):
             button = QPushButton(text)
             button.clicked.connect(slot)
             stack_buttons.addWidget(button)
         layout.addLayout(stack_buttons)
-        self.everything = EverythingPanel(self)  # uses this widget's predictor, layers and jobs
-        self.text = TextPanel(self)  # "SAM text": the objects a text names, committed like a prompt
-        self.track = TrackPanel(self)  # propagates prompted objects through a video or stack
-        self.finetune = FinetunePanel(self)  # trains a copy of the loaded model on the labels
+        session = self.session  # the panels work through the session only
+        self.everything = EverythingPanel(session)
+        # "SAM text": the objects a text names, committed like a prompt; candidates come
+        # from segment everything's settings, and "Track these" hands them to Track
+        self.text = TextPanel(session, everything_settings=lambda: self.everything.settings(),
+                              track=lambda: self.track)
+        self.track = TrackPanel(session)  # propagates prompted objects through a video or stack
+        self.finetune = FinetunePanel(session)  # trains a copy of the loaded model on the labels
         # one tab per tool keeps the dock about one screen tall
         self.tabs = QTabWidget()
         for panel, title in ((self.everything, "Everything"), (self.text, "Text"),
@@ -139,6 +136,7 @@ class SegmentAnythingWidget(QWidget):
         layout.addWidget(self.tabs)
         self.status = QLabel(self.model_panel.hint())
         self.status.setWordWrap(True)
+        self.session.status_changed.connect(self.status.setText)
         layout.addWidget(self.status)
         help_text = "<br>".join(f"<b>{k}</b>: {v}" for k, v in KEYS)
         keys = QLabel(help_text)
@@ -150,71 +148,52 @@ class SegmentAnythingWidget(QWidget):
         if self.tabs.widget(index) is self.track:
             self.track.open()  # its layers, ready for clicks, and what to do next
 
-    def set_status(self, text: str) -> None:
-        self.status.setText(text)
-
     # -- image and layers ---------------------------------------------------------------
-
-    def _images(self) -> list:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _refresh_images(self, event=None) -> None:
         # the first image to appear is picked up; later changes are the user's choice
-        if self.image_panel.refresh(self._images()):
+        if self.image_panel.refresh(self.session.image_list()):
             self._on_image_changed()
 
-    def channel_layers(self) -> list:
-        return self.image_panel.channel_layers(self._images())
-
     def _on_channels_changed(self, item=None) -> None:
-        if self.segmenter is not None:
-            self.segmenter.reset()
-        self._ensure_embedding()
-
-    @property
-    def image_layer(self):
-        return self.image_panel.image(self._images())
+        if self.session.segmenter is not None:
+            self.session.segmenter.reset()
+        self.session.ensure_embedding()
 
     def _on_layer_removed(self, event) -> None:
         removed = event.value
-        if any(removed is layer for layer in self.layers.values()):
+        if any(removed is layer for layer in self.session.layers.values()):
             # the user (or napari closing) removed one of ours: stop using them; they
             # come back when an image is chosen again
-            self.layers = {}
-            self._preview_plane = None
-            if self.segmenter is not None:
-                self.segmenter.reset()
-        if isinstance(removed, Image) and self._embedded and self._embedded[0] == id(removed):
-            self._embedded = None
-            if self.segmenter is not None:
-                self.segmenter.reset()
+            self.session.forget_layers()
+        if isinstance(removed, Image):
+            self.session.forget_image(removed)
         self._refresh_images()
 
     def _on_image_changed(self, *args) -> None:
-        image = self.image_layer
-        if image is None:
+        if self.session.image_layer is None:
             return
-        self.image_panel.refresh_channels(self._images())
-        if len(L.spatial_shape(image)) < 2:
-            show_error(f"'{image.name}' is not an image with at least 2 dimensions.")
-            return
-        self.layers = L.ensure_layers(self.viewer, image)
+        self.image_panel.refresh_channels(self.session.image_list())
+        self.session.prepare_layers()
+
+    def _on_layers_changed(self) -> None:
+        """The chosen image's SAM layers were made or found: listen to its prompt layers."""
+        layers = self.session.layers
         self._connect_prompt_layers()
-        self.viewer.layers.selection.active = self.layers[L.POINTS]
-        self.layers[L.POINTS].mode = "add"
+        self.viewer.layers.selection.active = layers[L.POINTS]
+        layers[L.POINTS].mode = "add"
         self.finetune.refresh_labels(image_changed=True)  # the chosen image's own labels
         if self.tabs.currentWidget() is self.track:
             self.track.open()
-        self._ensure_embedding()
 
     def _connect_prompt_layers(self) -> None:
-        points, boxes = self.layers[L.POINTS], self.layers[L.BOXES]
+        points, boxes = self.session.layers[L.POINTS], self.session.layers[L.BOXES]
         if id(points) in self._connected:
             return
         points.events.data.connect(self._on_points_changed)
         boxes.events.data.connect(self._on_prompts_changed)
         points.mouse_drag_callbacks.insert(0, self._on_points_press)
-        for layer in (points, boxes, self.layers[L.LABELS]):
+        for layer in (points, boxes, self.session.layers[L.LABELS]):
             # Ctrl+Z undoes the last commit from the prompt layers too (napari's own undo
             # only listens on the labels layer), and the status says so
             layer.bind_key("Control-Z", lambda _: self.undo_commit(), overwrite=True)
@@ -236,16 +215,16 @@ class SegmentAnythingWidget(QWidget):
 
     def toggle_negative(self) -> None:
         """Switch the label of new points between object (1) and background (0)."""
-        points = self.layers.get(L.POINTS)
+        points = self.session.layers.get(L.POINTS)
         if points is None:
             return
         new = 0 if int(points.feature_defaults["label"][0]) == 1 else 1
         points.feature_defaults["label"] = new
         points.current_face_color = L.POSITIVE_COLOR if new else L.NEGATIVE_COLOR
-        self.set_status(f"new points: {'object' if new else 'background'}")
+        self.session.set_status(f"new points: {'object' if new else 'background'}")
 
     def _on_points_changed(self, event=None) -> None:
-        points = self.layers.get(L.POINTS)
+        points = self.session.layers.get(L.POINTS)
         if points is None:
             return
         if self._negative_once and getattr(event, "action", None) in ("added", None):
@@ -260,17 +239,18 @@ class SegmentAnythingWidget(QWidget):
         self._on_prompts_changed(event)
 
     def _restore_positive(self) -> None:
-        points = self.layers.get(L.POINTS)
+        points = self.session.layers.get(L.POINTS)
         if points is not None:
             points.feature_defaults["label"] = 1
             points.current_face_color = L.POSITIVE_COLOR
 
     def _on_plane_changed(self, event=None) -> None:
-        if self.image_layer is None or not self.layers or self.predictor is None:
+        session = self.session
+        if session.image_layer is None or not session.layers or session.predictor is None:
             return
-        if self.segmenter is not None:
-            self.segmenter.reset()
-        self._ensure_embedding()
+        if session.segmenter is not None:
+            session.segmenter.reset()
+        session.ensure_embedding()
 
     # -- model --------------------------------------------------------------------------
 
@@ -280,14 +260,14 @@ class SegmentAnythingWidget(QWidget):
         ``automatic``: the load the widget starts by itself when it is first shown
         without a model; it never downloads, and a model set meanwhile wins.
         """
-        if self._worker is not None:
+        if not self.session.idle:
             if not automatic:
                 show_info("Busy: wait for the current job to finish.")
             return
-        if automatic and (self.predictor is not None or self.model_panel.needs_download()):
+        if automatic and (self.session.predictor is not None or self.model_panel.needs_download()):
             return
         choice, generation = self.model_panel.choice(), self._generation
-        self.set_status(f"Loading {choice.name} ...")
+        self.session.set_status(f"Loading {choice.name} ...")
         self._loading = True
         worker = thread_worker(
             load_predictor, ignore_errors=True, progress={"total": 0, "desc": f"Loading SAM {choice.name}"}
@@ -295,11 +275,11 @@ class SegmentAnythingWidget(QWidget):
 
         def loaded(predictor) -> None:
             if not (automatic and self._generation != generation):  # else a model was set meanwhile
-                self.set_predictor(predictor, choice.name)
+                self.session.set_predictor(predictor, choice.name)
 
         worker.returned.connect(loaded)
         worker.finished.connect(lambda: setattr(self, "_loading", False))
-        self.run_job(worker)
+        self.session.run_job(worker)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
@@ -309,335 +289,76 @@ class SegmentAnythingWidget(QWidget):
             # itself, so a first click is never silently ignored
             QTimer.singleShot(0, lambda: self.load_model(automatic=True))
 
-    def set_predictor(self, predictor, name: str = "model", cache=None) -> None:
-        """Use ``predictor`` (a SamPredictor or anything with its interface).
-
-        ``cache``: an :class:`~src_core.embedding_cache.EmbeddingCache`; by default the
-        per-user one, used when the model's weights have an identity.
-        """
-        self.predictor = predictor
+    def _on_model_changed(self, name: str, weights) -> None:
         self._generation += 1
-        self._cache = cache
-        self.segmenter = ObjectSegmenter(predictor)
-        self._embedded = None
-        self.set_status(f"{name} ready.")
-        self._ensure_embedding()
-
-    # -- jobs ---------------------------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        """No job (model load, embedding, decode, a panel's work) is running."""
-        return self._worker is None
-
-    @property
-    def current_job(self):
-        """The running napari worker (None when idle)."""
-        return self._worker
-
-    @property
-    def settled(self) -> bool:
-        """Idle, with no prompt edit waiting to be decoded."""
-        return self._worker is None and not self._decode_pending
-
-    @property
-    def embedded(self):
-        """The key (layer id, plane, settings, channels) of the plane the predictor holds, or None."""
-        return self._embedded
-
-    def forget_embedding(self) -> None:
-        """A job is about to give the predictor other images: the shown plane is embedded again after it."""
-        self._embedded = None
-
-    def adopt_embedding(self, key) -> None:
-        """A job left the embedding of ``key`` (see :meth:`embedding_key`) in the predictor."""
-        self._embedded = key
-
-    def prepare_layers(self) -> None:
-        """Make (or find) the chosen image's SAM layers again, and embed its shown plane."""
-        self._on_image_changed()
-
-    def show_in_preview(self, plane: tuple, paint) -> None:
-        """Clear the preview, call ``paint(view)`` on ``plane``'s view of it, and show it."""
-        preview = self.layers[L.PREVIEW]
-        L.show_preview(preview, None, plane, self._preview_plane)
-        paint(preview.data[plane] if plane else preview.data)
-        preview.refresh()
-        self._preview_plane, self._preview_region = plane, None
-
-    def run_job(self, worker) -> None:
-        # every worker is made with ignore_errors=True: its errors arrive here and
-        # become notifications instead of being raised in the event loop
-        self._worker = worker
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        worker.start()
-
-    def _on_error(self, exc: Exception) -> None:
-        from src_core.jobs import Cancelled
-
-        if isinstance(exc, Cancelled):
-            # not again by itself: a new plane or a new prompt asks for it
-            self._cancelled = self.embedding_key()
-            self.set_status("Embedding cancelled; change plane or add a prompt to embed again.")
-            return
-        show_error(f"Segment Anything: {exc}")
-        self.set_status(str(exc))
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self.predictor is None or self.image_layer is None or not self.layers:
-            return
-        if self.embedding_key() != self._embedded:
-            self._ensure_embedding()
-        elif self._decode_pending:
-            self._decode_pending = False
-            self._start_decode()
-
-    def normalization(self, image) -> dict:
-        return self.image_panel.normalization(image, self._images())
-
-    def plane_reader(self, image):
-        return self.image_panel.plane_reader(image, self._images())
-
-    def embedding_key(self):
-        image = self.image_layer
-        if image is None:
-            return None
-        plane = L.current_plane(image, self.viewer)
-        settings = repr(sorted(self.normalization(image).items()))
-        channels = tuple(id(layer) for layer in self.channel_layers())
-        return (id(image), plane, settings, channels)
-
-    def _ensure_embedding(self) -> None:
-        if self.predictor is None or self.image_layer is None or not self.layers:
-            return
-        key = self.embedding_key()
-        if key == self._embedded or key == self._cancelled:
-            return
-        if self._worker is not None:
-            return  # _on_finished comes back here
-        image = self.image_layer
-        plane = key[1]
-        kwargs = self.normalization(image)
-        plan = T.plan_for(image, self.predictor)
-        if plan is not None:  # large planes are prompted tile by tile
-            self._prepare_tiled(image, key, plan, kwargs)
-            return
-        if isinstance(self.segmenter, TiledObjectSegmenter):  # back from a large plane
-            self.segmenter = ObjectSegmenter(self.predictor)
-        predictor, plane_data = self.predictor, self.plane_reader(image)
-        where = f" (plane {plane})" if plane else ""
-        self.set_status(f"Embedding '{image.name}'{where} ...")
-        model_id = cache_model_id(predictor)
-        cache = self.embedding_cache() if model_id else None
-        failures, blank = [], []
-
-        def embed():
-            data = plane_data(plane)  # lazy data (video, dask) is read here, off the UI thread
-            blank.append(blank_value(data))
-            if cache is None:
-                predictor.set_image(data, **kwargs)
-            else:
-                from src_core.embedding_cache import embed_with_cache
-
-                embed_with_cache(
-                    predictor, data, cache, model_id=model_id, on_store_error=failures.append, **kwargs
-                )
-            return key
-
-        worker = thread_worker(embed, ignore_errors=True, progress={"total": 0, "desc": f"Embedding{where}"})()
-        worker.returned.connect(lambda key: self._on_embedded(key, blank[0] if blank else None, image.name + where))
-        worker.finished.connect(
-            lambda: failures and show_warning(f"Embedding not kept on disk: {failures[0]}")
-        )
-        self.run_job(worker)
-
-    def _prepare_tiled(self, image, key, plan: tuple[int, int], kwargs: dict) -> None:
-        # nothing is embedded now: the tiles a prompt reaches are, when it is decoded
-        model_id = cache_model_id(self.predictor)
-        segmenter = T.make_segmenter(self.predictor, plan, self.embedding_cache() if model_id else None, model_id)
-        source = T.lazy_plane([image, *self.channel_layers()], key[1])
-        height, width = L.spatial_shape(image)[-2:]
-        self.set_status(f"'{image.name}' is {width}x{height} px: preparing {plan[0]}-px tiles ...")
-
-        def prepare():
-            segmenter.tiled.set_image(source, **kwargs)  # reads a subsample for the contrast
-            return key
-
-        worker = thread_worker(prepare, ignore_errors=True, progress={"total": 0, "desc": "Preparing tiles"})()
-        worker.returned.connect(lambda key: self._on_tiled_ready(segmenter, key, plan))
-        self.run_job(worker)
-
-    def _on_tiled_ready(self, segmenter: TiledObjectSegmenter, key, plan: tuple[int, int]) -> None:
-        self.segmenter = segmenter
-        self._preview_region = None
-        self._on_embedded(key)
-        self.set_status(
-            f"Ready (large image: each prompt is segmented in {plan[0]}-px tiles, embedded "
-            "when a prompt first reaches them): click on an object."
-        )
-
-    def embed_all_slices(self) -> None:
-        """Embed every plane of a stack into the disk cache, with progress; Cancel stops it."""
-        image = self.image_layer
-        if self.predictor is None or image is None:
-            show_info("Load a model and choose an image first.")
-            return
-        if self._worker is not None:
-            show_info("Busy: wait for the current job to finish.")
-            return
-        lead = L.spatial_shape(image)[:-2]
-        model_id = cache_model_id(self.predictor)
-        cache = self.embedding_cache() if model_id else None
-        if not lead:
-            show_info(f"'{image.name}' has a single plane: nothing more to embed.")
-            return
-        if T.plan_for(image, self.predictor) is not None:
-            show_info(
-                f"'{image.name}' has large planes, segmented tile by tile: tiles are embedded "
-                "when a prompt reaches them, so 'Embed all slices' is not available for it."
-            )
-            return
-        if cache is None:
-            show_info(
-                "Embedding all slices stores them on disk: tick 'keep embeddings on disk' "
-                "(and use official or file weights)."
-            )
-            return
-        from src_core.embedding_cache import embed_with_cache
-        from src_core.jobs import Cancelled
-
-        planes = list(np.ndindex(*lead))
-        predictor, kwargs = self.predictor, self.normalization(image)
-        plane_data = self.plane_reader(image)
-        failures = []
-
-        def run():
-            # napari's generator workers swallow a RuntimeError without 'finished':
-            # cancellation returns, and a storage failure is raised as another type
-            for done, plane in enumerate(planes, start=1):
-                try:
-                    embed_with_cache(
-                        predictor,
-                        plane_data(plane),
-                        cache,
-                        model_id=model_id,
-                        on_store_error=failures.append,
-                        **kwargs,
-                    )
-                except Cancelled:
-                    return "cancelled"
-                if failures:
-                    raise EmbeddingNotStored(f"could not store embeddings: {failures[0]}")
-                yield done
-            return "done"
-
-        worker = thread_worker(
-            run, ignore_errors=True, progress={"total": len(planes), "desc": f"Embedding {len(planes)} slices"}
-        )()
-        worker.yielded.connect(lambda done: self.set_status(f"embedded {done}/{len(planes)} slices"))
-        worker.returned.connect(lambda result: self.set_status(f"embedding all slices: {result}"))
-        worker.aborted.connect(lambda: self.set_status("embedding all slices: cancelled"))
-        self._embedded = None  # the predictor now holds other planes; the shown one comes back
-        if self.segmenter is not None:
-            self.segmenter.reset()
-        self.run_job(worker)
+        if weights is not None:  # the model box says what is in use (e.g. fine-tuned weights)
+            self.model_panel.show_weights(weights)
 
     def cancel(self) -> None:
-        """Stop the running embedding (within one encoder block), 'embed all slices' or segment everything."""
-        if self._worker is None:
+        """Stop the running job: an embedding (within one encoder block), 'embed all
+        slices', or a panel's work (each stops at its next check)."""
+        if self.session.idle:
             return
-        self.everything.cancel()
-        self.text.cancel()
-        self.finetune.cancel()
-        self.track.cancel()  # tracking stops between frames; the frames done are kept
-        if hasattr(self._worker, "quit"):
-            self._worker.quit()  # generator workers: 'embed all slices' stops between slices
-        if hasattr(self.predictor, "cancel"):
-            self.predictor.cancel()
-        self.set_status("cancelling ...")
-
-    def embedding_cache(self):
-        if not self.use_cache.isChecked():
-            return None
-        if self._cache is None:
-            from src_core.embedding_cache import EmbeddingCache
-
-            self._cache = EmbeddingCache()
-        return self._cache
-
-    def _on_embedded(self, key, blank: float | None = None, name: str = "") -> None:
-        self._embedded = key
-        self._blank = key if blank is not None else None
-        if self.segmenter is not None:
-            self.segmenter.reset()
-        self._decode_pending = True  # prompts may already exist on this plane
-        if blank is None:
-            self.set_status("Ready: click on an object.")
-        else:
-            message = (f"'{name}' is blank (every pixel is {blank:g}): nothing to segment, "
-                       "prompts on it are ignored.")
-            show_warning(message)
-            self.set_status(message)
-        self.ready.emit(key)
+        for panel in (self.everything, self.text, self.finetune, self.track):
+            panel.cancel()  # tracking stops between frames; the frames done are kept
+        self.session.cancel_job()
 
     # -- decode -------------------------------------------------------------------------
 
     def _on_prompts_changed(self, event=None) -> None:
-        if not self.layers:
+        if not self.session.layers:
             return
         if getattr(event, "action", None) in ("adding", "removing", "changing"):
             return  # napari announces an edit before making it: act once, after
-        if self.predictor is None:
+        if self.session.predictor is None:
             if self._loading:  # the prompt is decoded once the model is ready
-                self._decode_pending = True
-                self.set_status("Loading the model: your prompt is used when it is ready.")
+                self.session.decode_pending = True
+                self.session.set_status("Loading the model: your prompt is used when it is ready.")
             else:
                 message = "No model is loaded yet: press 'Load model' (the built-in one loads in about a second)."
                 show_info(message)
-                self.set_status(message)
+                self.session.set_status(message)
             return
-        self._cancelled = None  # a prompt is a request to segment: embed if needed
-        if self._worker is not None or self._embedded != self.embedding_key():
-            self._decode_pending = True
-            if self._worker is None:
-                self._ensure_embedding()
+        self.session.request_embedding()  # a prompt is a request to segment
+        if not self.session.idle or self.session.embedded != self.session.embedding_key():
+            self.session.decode_pending = True
+            if self.session.idle:
+                self.session.ensure_embedding()
             return
         self._start_decode()
 
     def _start_decode(self) -> None:
-        plane = self._embedded[1]
-        if self._blank == self._embedded:  # SAM's answer on a blank plane would be arbitrary
+        plane = self.session.embedded[1]
+        if self.session.embedded_is_blank:  # SAM's answer on a blank plane would be arbitrary
             self._show(None, plane)
-            self.set_status("This plane is blank (one value everywhere): nothing to segment.")
+            self.session.set_status("This plane is blank (one value everywhere): nothing to segment.")
             return
-        prompt = L.collect_prompt(self.layers[L.POINTS], self.layers[L.BOXES], plane)
-        segmenter = self.segmenter
+        prompt = L.collect_prompt(self.session.layers[L.POINTS], self.session.layers[L.BOXES], plane)
+        segmenter = self.session.segmenter
         worker = thread_worker(segmenter.decode, ignore_errors=True)(prompt)
         worker.returned.connect(lambda candidates: self._show(candidates, plane))
-        self.run_job(worker)
+        self.session.run_job(worker)
 
     def _show(self, candidates, plane) -> None:
-        preview = self.layers.get(L.PREVIEW)
+        preview = self.session.layers.get(L.PREVIEW)
         if preview is None:
             return
         self.text.discard()  # a prompt's mask replaces the text matches in the preview
-        if isinstance(self.segmenter, TiledObjectSegmenter):
+        if isinstance(self.session.segmenter, TiledObjectSegmenter):
             tiled = None if candidates is None else candidates.tiled
-            self._preview_region = T.show_preview(preview, tiled, plane, self._preview_region)
-            self._preview_plane = plane
+            self.session.preview_region = T.show_preview(preview, tiled, plane, self.session.preview_region)
+            self.session.preview_plane = plane
             if tiled is not None:
-                self.set_status(
+                self.session.set_status(
                     f"mask {candidates.choice + 1}/{len(candidates.options)}, predicted IoU "
                     f"{min(max(tiled.score, 0.0), 1.0):.2f}, {tiled.area} px"
                 )
             return
         mask = None if candidates is None else candidates.mask
-        L.show_preview(preview, mask, plane, self._preview_plane)
-        self._preview_plane = plane
+        L.show_preview(preview, mask, plane, self.session.preview_plane)
+        self.session.preview_plane = plane
         if candidates is not None:
-            self.set_status(
+            self.session.set_status(
                 f"mask {candidates.choice + 1}/{len(candidates.masks)}, predicted IoU "
                 f"{min(max(candidates.score, 0.0), 1.0):.2f}, {int(mask.sum())} px"
             )
@@ -645,57 +366,57 @@ class SegmentAnythingWidget(QWidget):
     # -- actions ------------------------------------------------------------------------
 
     def next_candidate(self) -> None:
-        if self.segmenter is None or self._worker is not None or self._embedded is None:
+        if self.session.segmenter is None or not self.session.idle or self.session.embedded is None:
             return
-        candidates = self.segmenter.cycle()
+        candidates = self.session.segmenter.cycle()
         if candidates is not None:
-            self._show(candidates, self._embedded[1])
+            self._show(candidates, self.session.embedded[1])
 
     def commit(self) -> None:
         """Write the current mask into 'SAM labels' with a new id, then start a new object."""
-        if self.text.matches and self._worker is None:  # the matches of a text search
+        if self.text.matches and self.session.idle:  # the matches of a text search
             self.text.commit()
             return self.clear()
-        if self.segmenter is None or self.segmenter.candidates is None or self._worker is not None:
+        if self.session.segmenter is None or self.session.segmenter.candidates is None or not self.session.idle:
             show_info("Nothing to commit yet.")
             return
-        plane, candidates = self._embedded[1], self.segmenter.candidates
+        plane, candidates = self.session.embedded[1], self.session.segmenter.candidates
         if isinstance(candidates, TiledCandidates):
             new_id = T.commit_mask(
-                self.layers[L.LABELS], candidates.tiled, plane, overwrite=self.paint_over.isChecked()
+                self.session.layers[L.LABELS], candidates.tiled, plane, overwrite=self.session.paint_over
             )
         else:
             new_id = L.commit_mask(
-                self.layers[L.LABELS], candidates.mask, plane, overwrite=self.paint_over.isChecked()
+                self.session.layers[L.LABELS], candidates.mask, plane, overwrite=self.session.paint_over
             )
-        self.set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
+        self.session.set_status(f"committed object {new_id}" if new_id else "nothing new to commit")
         self.clear()
 
     def undo_commit(self) -> None:
         """Undo the last change to 'SAM labels' (a commit, or a stroke painted there)."""
-        labels = self.layers.get(L.LABELS)
+        labels = self.session.layers.get(L.LABELS)
         if labels is None:
             return
         before = int(np.asarray(labels.data).max())
         labels.undo()
         after = int(np.asarray(labels.data).max())
         if after < before:
-            self.set_status(f"undid the commit of object {before}; the next object gets id {after + 1}")
+            self.session.set_status(f"undid the commit of object {before}; the next object gets id {after + 1}")
         else:
-            self.set_status("undid the last change to 'SAM labels'")
+            self.session.set_status("undid the last change to 'SAM labels'")
 
     def clear(self) -> None:
         """Discard the current object's prompts, preview and logits."""
         self.text.discard()
-        if self.segmenter is not None:
-            self.segmenter.reset()
-        points, boxes = self.layers.get(L.POINTS), self.layers.get(L.BOXES)
+        if self.session.segmenter is not None:
+            self.session.segmenter.reset()
+        points, boxes = self.session.layers.get(L.POINTS), self.session.layers.get(L.BOXES)
         if points is not None:
             with points.events.data.blocker():
                 points.data = np.zeros((0, points.ndim))
         if boxes is not None and len(boxes.data):
             with boxes.events.data.blocker():
                 boxes.data = []
-        if self.layers.get(L.PREVIEW) is not None and self._preview_plane is not None:
-            L.show_preview(self.layers[L.PREVIEW], None, self._preview_plane, self._preview_plane)
-        self._decode_pending = False
+        if self.session.layers.get(L.PREVIEW) is not None and self.session.preview_plane is not None:
+            L.show_preview(self.session.layers[L.PREVIEW], None, self.session.preview_plane, self.session.preview_plane)
+        self.session.decode_pending = False

@@ -124,3 +124,28 @@ def test_predictors_and_stand_ins_share_one_protocol(vit_tiny_random_checkpoint)
     for predictor in (SamPredictor(sam), StandInSegmenter(lambda image: image), StandInPredictor()):
         assert isinstance(predictor, Predictor), type(predictor).__name__
     assert not isinstance(object(), Predictor)
+
+
+PANELS = ("_everything_panel.py", "_text_panel.py", "_track_panel.py", "_finetune_panel.py", "_job.py")
+
+
+def test_panels_use_only_the_sessions_public_api():
+    """Issue 28: the panels work through the session (napari_sam._session.Session), never
+    the dock widget or anyone's private attributes; and the session has no Qt widgets."""
+    plugin = ROOT / "napari_sam"
+    for name in PANELS:
+        tree = ast.parse((plugin / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("_widget", "napari_sam._widget"), f"{name} imports the widget"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                # their own private state is theirs; the session's is not
+                assert not (isinstance(owner, ast.Attribute) and owner.attr == "session"), (
+                    f"{name}:{node.lineno} reads session.{node.attr}"
+                )
+                assert not (isinstance(owner, ast.Name) and owner.id == "session"), (
+                    f"{name}:{node.lineno} reads session.{node.attr}"
+                )
+    session = (plugin / "_session.py").read_text()
+    assert "QtWidgets" not in session

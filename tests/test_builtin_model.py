@@ -94,19 +94,19 @@ def test_widget_default_model_click_gives_the_nucleus(make_napari_viewer, qtbot,
     viewer.window._qt_window.resize(1500, 900)
     assert w.model_panel.model_box.currentText() == "vit_tiny"
     w.load_model()
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=60000)
     ious = []
     for k, i in enumerate(ids[:4]):
         region = truth == i
         x, y = interior_point(region)
-        w.layers[L.POINTS].add(np.array([y, x], dtype=float))
-        qtbot.waitUntil(lambda: w.settled, timeout=10000)
-        preview = np.asarray(w.layers[L.PREVIEW].data) > 0
+        w.session.layers[L.POINTS].add(np.array([y, x], dtype=float))
+        qtbot.waitUntil(lambda: w.session.settled, timeout=10000)
+        preview = np.asarray(w.session.layers[L.PREVIEW].data) > 0
         ious.append(_iou(preview, region))
         if k < 3:
             w.commit()
     assert np.mean(ious) >= CLICK_FLOOR, f"widget clicks {np.round(ious, 2)}"
-    assert int(np.asarray(w.layers[L.LABELS].data).max()) == 3
+    assert int(np.asarray(w.session.layers[L.LABELS].data).max()) == 3
     viewer.layers.selection.active = viewer.layers["nuclei 2D"]
     viewer.reset_view()
     qtbot.wait(200)

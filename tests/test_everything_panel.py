@@ -73,8 +73,8 @@ def widget(make_napari_viewer, qtbot):
         viewer = make_napari_viewer()
         viewer.add_image(blobs_image() if image is None else image, name="img")
         w = SegmentAnythingWidget(viewer)
-        w.set_predictor(StandInPredictor(), "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
+        w.session.set_predictor(StandInPredictor(), "stand-in")
+        qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=5000)
         generator = StandInGenerator() if generator is None else generator
         w.everything.generator_factory = lambda predictor, settings: generator
         return viewer, w, generator
@@ -84,12 +84,12 @@ def widget(make_napari_viewer, qtbot):
 
 def run_and_wait(qtbot, w):
     w.everything.run()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=20000)
 
 
 def test_run_fills_labels_with_progress_and_commits_go_above(widget, qtbot):
     viewer, w, generator = widget()
-    labels = w.layers[L.LABELS]
+    labels = w.session.layers[L.LABELS]
     labels.data[0:3, 0:3] = 7  # an earlier object elsewhere: kept, new ids go above
     labels.refresh()
     run_and_wait(qtbot, w)
@@ -102,8 +102,8 @@ def test_run_fills_labels_with_progress_and_commits_go_above(widget, qtbot):
     assert generator.images[0].dtype == np.uint8 and generator.images[0].shape == (80, 100, 3)
     assert "2 objects" in w.status.text()
     # correct the result with a point prompt: the object it missed gets a new id
-    w.layers[L.POINTS].add(np.array([15.0, 62.0]))
-    qtbot.waitUntil(lambda: w.idle and w.segmenter.candidates is not None, timeout=5000)
+    w.session.layers[L.POINTS].add(np.array([15.0, 62.0]))
+    qtbot.waitUntil(lambda: w.session.idle and w.session.segmenter.candidates is not None, timeout=5000)
     w.commit()
     assert labels.data[15, 62] == 10 and labels.data[20, 20] == 8
     labels.undo()  # the commit
@@ -114,19 +114,19 @@ def test_run_fills_labels_with_progress_and_commits_go_above(widget, qtbot):
 def test_cancel_stops_and_leaves_labels_unchanged(widget, qtbot):
     hold = threading.Event()
     viewer, w, generator = widget(generator=StandInGenerator(hold=hold))
-    before = w.layers[L.LABELS].data.copy()
+    before = w.session.layers[L.LABELS].data.copy()
     w.everything.run()
     assert w.everything.cancel_button.isEnabled() and not w.everything.run_button.isEnabled()
     assert hold.wait(10)
     w.everything.cancel()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=10000)
-    np.testing.assert_array_equal(w.layers[L.LABELS].data, before)
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=10000)
+    np.testing.assert_array_equal(w.session.layers[L.LABELS].data, before)
     assert "cancelled" in w.status.text()
     assert not w.everything.cancel_button.isEnabled()
     # the widget is usable afterwards: run again to the end
     generator.hold = None
     run_and_wait(qtbot, w)
-    assert w.layers[L.LABELS].data[20, 20] == 1
+    assert w.session.layers[L.LABELS].data[20, 20] == 1
 
 
 def test_widget_cancel_button_also_stops_it(widget, qtbot):
@@ -135,8 +135,8 @@ def test_widget_cancel_button_also_stops_it(widget, qtbot):
     w.everything.run()
     assert hold.wait(10)
     w.cancel()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=10000)
-    assert w.layers[L.LABELS].data.max() == 0 and "cancelled" in w.status.text()
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=10000)
+    assert w.session.layers[L.LABELS].data.max() == 0 and "cancelled" in w.status.text()
 
 
 def test_all_slices_gives_linked_3d_labels(widget, qtbot):
@@ -146,7 +146,7 @@ def test_all_slices_gives_linked_3d_labels(widget, qtbot):
     viewer.dims.set_current_step(0, 1)
     w.everything.form.all_slices.value = True
     run_and_wait(qtbot, w)
-    data = w.layers[L.LABELS].data
+    data = w.session.layers[L.LABELS].data
     assert data.shape == stack.shape and len(generator.images) == 4
     a_ids = {int(data[z, 20, 25]) for z in range(4)}
     assert a_ids == {1}  # A shifts a little: one 3D object
@@ -154,39 +154,39 @@ def test_all_slices_gives_linked_3d_labels(widget, qtbot):
     bar = w.everything.progress_bar
     assert bar.maximum() == 16 and bar.value() == 16
     # current-plane mode on a stack writes only the shown plane
-    w.layers[L.LABELS].data[...] = 0
+    w.session.layers[L.LABELS].data[...] = 0
     w.everything.form.all_slices.value = False
     run_and_wait(qtbot, w)
-    data = w.layers[L.LABELS].data
+    data = w.session.layers[L.LABELS].data
     assert data[0].max() == 0 and data[2].max() == 0 and data[1, 20, 25] == 1
 
 
 def test_errors_become_notifications(make_napari_viewer, qtbot, monkeypatch):
     import napari_sam._everything_panel as panel_module
     import napari_sam._job as job_module
-    import napari_sam._widget as widget_module
+    import napari_sam._session as session_module
     from napari_sam._widget import SegmentAnythingWidget
 
     warnings, errors = [], []
     monkeypatch.setattr(panel_module, "show_warning", warnings.append)
     monkeypatch.setattr(job_module, "show_warning", warnings.append)  # the checks every panel runs
     monkeypatch.setattr(panel_module, "show_error", errors.append)
-    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    monkeypatch.setattr(session_module, "show_error", errors.append)
     viewer = make_napari_viewer()
     w = SegmentAnythingWidget(viewer)
     w.everything.run()  # no image
     assert "image" in warnings[-1]
     viewer.add_image(blobs_image(), name="img")
     w.everything.run()  # no model
-    assert "model" in warnings[-1] and w.idle
-    w.set_predictor(StandInPredictor(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
+    assert "model" in warnings[-1] and w.session.idle
+    w.session.set_predictor(StandInPredictor(), "stand-in")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=5000)
     w.everything.run()  # the stand-in predictor has no SAM model for the real generator
-    assert "SAM model" in errors[-1] and w.idle
+    assert "SAM model" in errors[-1] and w.session.idle
     w.everything.generator_factory = lambda p, s: StandInGenerator(fail=ValueError("image too odd"))
     w.everything.run()  # an error inside the worker
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=10000)
-    assert "image too odd" in errors[-1] and w.layers[L.LABELS].data.max() == 0
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=10000)
+    assert "image too odd" in errors[-1] and w.session.layers[L.LABELS].data.max() == 0
 
 
 def test_real_generator_on_vit_tiny_writes_labels(widget, qtbot):
@@ -199,8 +199,8 @@ def test_real_generator_on_vit_tiny_writes_labels(widget, qtbot):
 
     torch.manual_seed(0)
     viewer, w, _ = widget(blobs_image((64, 64)))
-    w.set_predictor(SamPredictor(build_sam_from_config(TINY_256)), "vit_tiny")
-    qtbot.waitUntil(lambda: w.idle and w.predictor.is_image_set, timeout=20000)
+    w.session.set_predictor(SamPredictor(build_sam_from_config(TINY_256)), "vit_tiny")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.predictor.is_image_set, timeout=20000)
     from napari_sam._everything_panel import make_generator
 
     w.everything.generator_factory = make_generator
@@ -208,7 +208,7 @@ def test_real_generator_on_vit_tiny_writes_labels(widget, qtbot):
     w.everything.form.pred_iou_thresh.value = 0.0
     w.everything.form.stability_score_thresh.value = 0.0
     run_and_wait(qtbot, w)
-    data = w.layers[L.LABELS].data
+    data = w.session.layers[L.LABELS].data
     assert data.max() >= 1 and data.shape == (64, 64)
     assert w.everything.progress_bar.value() == w.everything.progress_bar.maximum() == 1
 
@@ -229,11 +229,11 @@ def test_screenshot_of_segment_everything(make_napari_viewer, qtbot, tmp_path):
     w = SegmentAnythingWidget(viewer)
     viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
     viewer.window._qt_window.resize(1500, 1000)
-    w.set_predictor(StandInPredictor(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
+    w.session.set_predictor(StandInPredictor(), "stand-in")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=5000)
     w.everything.generator_factory = lambda p, s: StandInGenerator(min_area=20)
     run_and_wait(qtbot, w)
-    assert w.layers[L.LABELS].data.max() >= 10
+    assert w.session.layers[L.LABELS].data.max() >= 10
     viewer.layers.selection.active = viewer.layers["nuclei 2D"]
     viewer.reset_view()
     qtbot.wait(200)
@@ -251,10 +251,10 @@ def test_time_series_of_stacks_links_along_the_last_slider(widget, qtbot, monkey
     movie = np.stack([np.stack([blobs_image(shift=z) for z in range(3)])] * 2)
     viewer, w, generator = widget(movie)
     viewer.dims.set_current_step(0, 1)
-    qtbot.waitUntil(lambda: w.idle, timeout=5000)
+    qtbot.waitUntil(lambda: w.session.idle, timeout=5000)
     w.everything.form.all_slices.value = True
     run_and_wait(qtbot, w)
-    data = w.layers[L.LABELS].data
+    data = w.session.layers[L.LABELS].data
     assert data[0].max() == 0 and len(generator.images) == 3
     assert [int(data[1, z, 20, 25]) for z in range(3)] == [1, 1, 1]
     assert "too large to undo" in w.status.text()

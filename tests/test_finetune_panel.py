@@ -48,9 +48,9 @@ def setup(make_napari_viewer, qtbot, monkeypatch, tmp_path):
         default_image, default_labels = blobs()
         viewer.add_image(default_image if image is None else image, name="img")
         w = SegmentAnythingWidget(viewer)
-        w.set_predictor(tiny_predictor(), "tiny")
-        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
-        w.layers[L.LABELS].data = default_labels if labels is None else labels
+        w.session.set_predictor(tiny_predictor(), "tiny")
+        qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=20000)
+        w.session.layers[L.LABELS].data = default_labels if labels is None else labels
         return viewer, w
 
     make.infos = infos
@@ -61,14 +61,14 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     make, errors = setup
     viewer, w = make()
     panel = w.finetune
-    old_model = w.predictor.model
+    old_model = w.session.predictor.model
     before = {k: v.clone() for k, v in old_model.state_dict().items()}
     out = tmp_path / "tuned.pth"
     panel.form.steps.value = 3
     panel.output_edit.setText(str(out))
     assert panel.labels_box.currentText() == L.LABELS
     panel.run()
-    qtbot.waitUntil(lambda: w.idle and panel.run_button.isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and panel.run_button.isEnabled(), timeout=60000)
     assert not errors
     assert out.is_file()
     assert panel.progress_bar.value() == 3
@@ -76,12 +76,12 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     from src_core.checkpoints import load_state_dict
     from src_core.model.build import infer_model_type
 
-    assert w.predictor.model is not old_model
+    assert w.session.predictor.model is not old_model
     assert infer_model_type(load_state_dict(out)) == "vit_tiny"
-    assert w.predictor.model.weights_id is not None  # a file identity: embeddings can be cached
+    assert w.session.predictor.model.weights_id is not None  # a file identity: embeddings can be cached
     for key, value in old_model.state_dict().items():
         assert torch.equal(value, before[key]), key
-    new = w.predictor.model.state_dict()
+    new = w.session.predictor.model.state_dict()
     decoder = [k for k in new if k.startswith("mask_decoder.")]
     encoder = [k for k in new if k.startswith("image_encoder.")]
     assert any(not torch.equal(new[k], before[k]) for k in decoder)  # trained
@@ -90,7 +90,7 @@ def test_finetune_trains_saves_and_uses_the_model(setup, qtbot, tmp_path):
     assert w.model_panel.choice().checkpoint == str(out)  # the model box says which weights are in use
     assert "left" in panel.progress_bar.format()  # an estimate of the time left was shown
     # the image is embedded again with the new weights, ready for clicks
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=20000)
     assert "ready" in w.status.text().lower()
 
 
@@ -98,16 +98,16 @@ def test_cancel_writes_nothing_and_keeps_the_model(setup, qtbot, tmp_path):
     make, errors = setup
     viewer, w = make()
     panel = w.finetune
-    model = w.predictor.model
+    model = w.session.predictor.model
     out = tmp_path / "never.pth"
     panel.form.steps.value = 10_000
     panel.output_edit.setText(str(out))
     panel.run()
     qtbot.waitUntil(lambda: panel.progress_bar.value() >= 1, timeout=60000)
     w.cancel()
-    qtbot.waitUntil(lambda: w.idle and panel.run_button.isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and panel.run_button.isEnabled(), timeout=60000)
     assert not out.exists()
-    assert w.predictor.model is model
+    assert w.session.predictor.model is model
     assert "cancelled" in w.status.text()
     assert not errors
 
@@ -117,24 +117,24 @@ def test_bad_input_is_explained_and_nothing_starts(setup, qtbot, tmp_path):
     viewer, w = make(labels=np.zeros((96, 128), np.int32))
     panel = w.finetune
     panel.run()
-    assert w.idle and "no objects" in errors[-1]
+    assert w.session.idle and "no objects" in errors[-1]
     # labels of another image
     viewer.add_labels(np.ones((10, 10), np.int32), name="other")
     panel.refresh_labels()
     panel.labels_box.setCurrentText("other")
     panel.run()
-    assert w.idle and "has shape (10, 10)" in errors[-1]
+    assert w.session.idle and "has shape (10, 10)" in errors[-1]
     # output is a folder
     panel.labels_box.setCurrentText(L.LABELS)
-    w.layers[L.LABELS].data = blobs()[1]
+    w.session.layers[L.LABELS].data = blobs()[1]
     panel.output_edit.setText(str(tmp_path))
     panel.run()
-    assert w.idle and "is a folder" in errors[-1]
+    assert w.session.idle and "is a folder" in errors[-1]
     # no model loaded
-    w.predictor = None
+    w.session.predictor = None
     panel.output_edit.setText("")
     panel.run()
-    assert w.idle and "load a model" in errors[-1]
+    assert w.session.idle and "load a model" in errors[-1]
 
 
 def test_training_pairs_take_the_labelled_planes_of_a_stack():

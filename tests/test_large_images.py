@@ -57,19 +57,19 @@ def _widget(make_napari_viewer, qtbot, image, predictor, **layer_kwargs):
     viewer.add_image(image, name="big", **layer_kwargs)
     w = SegmentAnythingWidget(viewer)
     w.use_cache.setChecked(False)
-    w.set_predictor(predictor, "test")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
+    w.session.set_predictor(predictor, "test")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=20000)
     return viewer, w
 
 
 def _click(w, qtbot, row, col, label=1):
     from napari_sam import _layers as L
 
-    points = w.layers[L.POINTS]
+    points = w.session.layers[L.POINTS]
     points.feature_defaults["label"] = label
     points.add(np.array([row, col], dtype=float))
     points.feature_defaults["label"] = 1
-    qtbot.waitUntil(lambda: w.settled, timeout=60000)
+    qtbot.waitUntil(lambda: w.session.settled, timeout=60000)
 
 
 @pytest.mark.gui
@@ -79,35 +79,35 @@ def test_widget_prompts_a_large_plane_tile_by_tile(make_napari_viewer, qtbot):
 
     predictor = SizedStandIn()
     viewer, w = _widget(make_napari_viewer, qtbot, large_image(), predictor)
-    assert isinstance(w.segmenter, TiledObjectSegmenter)
+    assert isinstance(w.session.segmenter, TiledObjectSegmenter)
     assert predictor.set_image_calls == 0  # nothing embedded before a prompt
     assert "tiles" in w.status.text()
     _click(w, qtbot, 2510, 2610)
-    preview = w.layers[L.PREVIEW].data
+    preview = w.session.layers[L.PREVIEW].data
     assert preview.shape == (SIZE, SIZE)
     assert preview[2510, 2610] == 1 and preview.sum() == 30 * 30
     assert predictor.shapes == [(256, 256, 3)]  # one tile, never the whole plane
     # "Next mask" cycles through SAM's three proposals on a tiled plane too
     assert "mask 1/3" in w.status.text()
     w.next_candidate()
-    assert w.layers[L.PREVIEW].data.sum() == 28 * 28 and "mask 2/3" in w.status.text()  # eroded
+    assert w.session.layers[L.PREVIEW].data.sum() == 28 * 28 and "mask 2/3" in w.status.text()  # eroded
     w.next_candidate()
-    assert w.layers[L.PREVIEW].data.sum() == 32 * 32 - 4  # dilated (a cross-shaped element)
+    assert w.session.layers[L.PREVIEW].data.sum() == 32 * 32 - 4  # dilated (a cross-shaped element)
     w.next_candidate()
-    assert w.layers[L.PREVIEW].data.sum() == 30 * 30 and "mask 1/3" in w.status.text()
+    assert w.session.layers[L.PREVIEW].data.sum() == 30 * 30 and "mask 1/3" in w.status.text()
     assert predictor.shapes == [(256, 256, 3)]  # cycling decodes nothing again
     w.commit()
-    labels = w.layers[L.LABELS].data
+    labels = w.session.layers[L.LABELS].data
     assert (labels == 1).sum() == 900 and labels[2510, 2610] == 1
-    assert w.layers[L.PREVIEW].data.sum() == 0
+    assert w.session.layers[L.PREVIEW].data.sum() == 0
     # an object cut by the first tile's border: the mask follows it into a re-centred window
     _click(w, qtbot, 180, 240)
-    assert w.layers[L.PREVIEW].data.sum() == 40 * 40
+    assert w.session.layers[L.PREVIEW].data.sum() == 40 * 40
     assert all(shape == (256, 256, 3) for shape in predictor.shapes)
     w.commit()
     assert (labels == 2).sum() == 1600
-    w.layers[L.LABELS].undo()
-    assert (w.layers[L.LABELS].data == 2).sum() == 0 and (w.layers[L.LABELS].data == 1).sum() == 900
+    w.session.layers[L.LABELS].undo()
+    assert (w.session.layers[L.LABELS].data == 2).sum() == 0 and (w.session.layers[L.LABELS].data == 1).sum() == 900
 
 
 @pytest.mark.gui
@@ -117,13 +117,13 @@ def test_widget_normal_planes_still_embed_whole(make_napari_viewer, qtbot):
     predictor = SizedStandIn()
     image = large_image(1000)  # 1000 px <= 4 x 256: embedded whole, as before
     viewer, w = _widget(make_napari_viewer, qtbot, image, predictor)
-    assert isinstance(w.segmenter, ObjectSegmenter) and predictor.shapes == [(1000, 1000)]
+    assert isinstance(w.session.segmenter, ObjectSegmenter) and predictor.shapes == [(1000, 1000)]
     viewer.add_image(large_image(), name="bigger")
     w.image_panel.image_box.setCurrentText("bigger")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["bigger"]), timeout=20000)
-    assert not isinstance(w.segmenter, ObjectSegmenter)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None and w.session.embedded[0] == id(viewer.layers["bigger"]), timeout=20000)
+    assert not isinstance(w.session.segmenter, ObjectSegmenter)
     w.image_panel.image_box.setCurrentText("big")  # and back: the whole-plane segmenter again
-    qtbot.waitUntil(lambda: w.idle and isinstance(w.segmenter, ObjectSegmenter), timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and isinstance(w.session.segmenter, ObjectSegmenter), timeout=20000)
 
 
 @pytest.mark.gui
@@ -139,15 +139,15 @@ def test_widget_large_image_with_a_real_model(make_napari_viewer, qtbot):
     predictor = SamPredictor(model)
     viewer, w = _widget(make_napari_viewer, qtbot, large_image(), predictor)
     _click(w, qtbot, 1210, 710)
-    tiled = w.segmenter.tiled
+    tiled = w.session.segmenter.tiled
     assert 1 <= tiled.embeddings_computed <= 4  # the tiles this prompt reached, not 256
-    result = w.segmenter.candidates.tiled
-    options = w.segmenter.candidates.options
+    result = w.session.segmenter.candidates.tiled
+    options = w.session.segmenter.candidates.options
     assert len(options) == 3 and result is options[0]  # a single click: SAM's three, best first
     assert [o.score for o in options] == sorted((o.score for o in options), reverse=True)
     assert all(o.window is result.window for o in options)
     window = result.window
-    preview = w.layers[L.PREVIEW].data
+    preview = w.session.layers[L.PREVIEW].data
     assert preview.sum() == result.area
     outside = preview.copy()
     outside[window.y0 : window.y1, window.x0 : window.x1] = 0
@@ -156,9 +156,9 @@ def test_widget_large_image_with_a_real_model(make_napari_viewer, qtbot):
     _click(w, qtbot, 1215, 715)  # a second point refines the object in the window it is in
     # (random weights cut masks anywhere: at most the re-centred windows are embedded)
     assert tiled.embeddings_computed <= before + tiled.max_recentre
-    area = w.segmenter.candidates.tiled.area
+    area = w.session.segmenter.candidates.tiled.area
     w.commit()
-    assert (w.layers[L.LABELS].data > 0).sum() == area
+    assert (w.session.layers[L.LABELS].data > 0).sum() == area
 
 
 # -- segment everything -------------------------------------------------------------------
@@ -203,17 +203,17 @@ def test_everything_panel_on_a_large_plane(make_napari_viewer, qtbot):
     reports = []
     w.everything.progressed.connect(lambda done, total: reports.append((done, total)))
     w.everything.run()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=60000)
     assert set(generator.tiles) == {(256, 256, 3)} and len(generator.tiles) == 16 * 16
     qtbot.waitUntil(lambda: reports and reports[-1] == (256, 256), timeout=5000)
-    labels = w.layers[L.LABELS].data
+    labels = w.session.layers[L.LABELS].data
     ids = [int(labels[r + 1, c + 1]) for r, c, _ in BLOBS]
     assert sorted(ids) == [1, 2, 3, 4]  # every blob once, the one across tiles united
     for (r, c, side), i in zip(BLOBS, ids):
         assert (labels == i).sum() == side * side
     assert "4 objects" in w.status.text()
-    w.layers[L.LABELS].undo()
-    assert w.layers[L.LABELS].data.max() == 0
+    w.session.layers[L.LABELS].undo()
+    assert w.session.layers[L.LABELS].data.max() == 0
 
 
 @pytest.mark.gui
@@ -226,9 +226,9 @@ def test_everything_panel_large_plane_cancel_and_stacks(make_napari_viewer, qtbo
     generator.on_stop = w.everything.cancel
     w.everything.generator_factory = lambda predictor, settings: generator
     w.everything.run()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=60000)
     assert len(generator.tiles) == 3 and generator.cancelled.is_set()
-    assert w.layers[L.LABELS].data.max() == 0 and "cancelled" in w.status.text()
+    assert w.session.layers[L.LABELS].data.max() == 0 and "cancelled" in w.status.text()
     # linking the slices of a stack of large planes is refused with a reason
     errors = []
     monkeypatch.setattr(panel_module, "show_error", errors.append)
@@ -236,7 +236,7 @@ def test_everything_panel_large_plane_cancel_and_stacks(make_napari_viewer, qtbo
     stack = np.broadcast_to(large_image(1100)[None], (3, 1100, 1100))
     viewer.add_image(stack, name="stack")
     w.image_panel.image_box.setCurrentText("stack")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[0] == id(viewer.layers["stack"]), timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None and w.session.embedded[0] == id(viewer.layers["stack"]), timeout=20000)
     w.everything.form.all_slices.value = True
     w.everything.run()
     assert errors and "tile by tile" in errors[0] and "current plane" in errors[0]

@@ -78,13 +78,13 @@ def test_cached_microscopy_model_is_the_default_and_loads(make_napari_viewer, qt
     panel.device_box.setCurrentText("cpu")
     panel.dtype_box.setCurrentText("float32")
     qtbot.mouseClick(panel.load_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: w.predictor is not None and w.idle, timeout=60000)
-    model = w.predictor.model
+    qtbot.waitUntil(lambda: w.session.predictor is not None and w.session.idle, timeout=60000)
+    model = w.session.predictor.model
     assert type(model.image_encoder).__name__ == "TinyViT"
     assert model.weights_id.startswith("vit_t_lm-xxh128-")
     assert panel.choice().model_type == "vit_t_lm"
 
-    w.layers[L.POINTS].add(np.array([30.0, 30.0]))
-    qtbot.waitUntil(lambda: w.settled and w.embedded is not None, timeout=60000)
-    preview = w.layers[L.PREVIEW].data
+    w.session.layers[L.POINTS].add(np.array([30.0, 30.0]))
+    qtbot.waitUntil(lambda: w.session.settled and w.session.embedded is not None, timeout=60000)
+    preview = w.session.layers[L.PREVIEW].data
     assert preview.shape == image.shape  # the click went through the TinyViT model

@@ -52,12 +52,12 @@ def test_sam2_file_loads_from_the_model_panel_and_segments_a_click(make_napari_v
     panel.device_box.setCurrentText("cpu")
     panel.dtype_box.setCurrentText("float32")
     qtbot.mouseClick(panel.load_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: w.predictor is not None and w.idle, timeout=60000)
-    assert isinstance(w.predictor, SAM2ImagePredictor)
-    w.layers[L.POINTS].add(np.array([35.0, 50.0]))
-    qtbot.waitUntil(lambda: w.settled and w.embedded is not None, timeout=60000)
-    qtbot.waitUntil(lambda: w.layers[L.PREVIEW].data.any(), timeout=30000)
-    assert w.layers[L.PREVIEW].data.shape == image.shape
+    qtbot.waitUntil(lambda: w.session.predictor is not None and w.session.idle, timeout=60000)
+    assert isinstance(w.session.predictor, SAM2ImagePredictor)
+    w.session.layers[L.POINTS].add(np.array([35.0, 50.0]))
+    qtbot.waitUntil(lambda: w.session.settled and w.session.embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.session.layers[L.PREVIEW].data.any(), timeout=30000)
+    assert w.session.layers[L.PREVIEW].data.shape == image.shape
 
 
 def test_track_panel_follows_objects_with_sam2_memory(make_napari_viewer, qtbot):
@@ -70,14 +70,14 @@ def test_track_panel_follows_objects_with_sam2_memory(make_napari_viewer, qtbot)
     viewer = make_napari_viewer()
     viewer.add_image(frames, name="video")
     w = SegmentAnythingWidget(viewer)
-    w.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
+    w.session.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=30000)
     panel = w.track
     assert panel.prepare()
     panel.object_box.setValue(4)
     panel.layers[T.PROMPTS].add(np.array([[2, 28.0, 24.0]]))  # frame 2, (row, col)
     panel.run()
-    qtbot.waitUntil(lambda: w.idle and panel.run_button.isEnabled(), timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and panel.run_button.isEnabled(), timeout=60000)
     labels = np.asarray(panel.layers[T.TRACKS].data)
     assert set(np.unique(labels)) <= {0, 4}
     assert all((labels[t] == 4).any() for t in range(5)), [int((labels[t] == 4).sum()) for t in range(5)]
@@ -92,14 +92,14 @@ def test_segment_everything_runs_sam2s_generator(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="blobs")
     w = SegmentAnythingWidget(viewer)
-    w.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
+    w.session.set_predictor(SAM2ImagePredictor(_sam2_model(256)), "sam2.1 tiny (random)")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=30000)
     w.everything.form.points_per_side.value = 3
     w.everything.form.pred_iou_thresh.value = 0.0
     w.everything.form.stability_score_thresh.value = 0.0
     w.everything.run_button.click()
-    qtbot.waitUntil(lambda: w.idle and w.everything.run_button.isEnabled(), timeout=60000)
-    data = w.layers[L.LABELS].data
+    qtbot.waitUntil(lambda: w.session.idle and w.everything.run_button.isEnabled(), timeout=60000)
+    data = w.session.layers[L.LABELS].data
     assert data.shape == image.shape and data.max() >= 1
 
 
@@ -132,18 +132,18 @@ def test_sam2_embeddings_kept_on_disk(make_napari_viewer, qtbot, tmp_path):
     viewer.add_image(stack, name="stack")
     w = SegmentAnythingWidget(viewer)
     cache = EmbeddingCache(tmp_path)
-    w.set_predictor(predictor, "sam2 tiny", cache=cache)
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=30000)
-    w.embed_all_slices()
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
+    w.session.set_predictor(predictor, "sam2 tiny", cache=cache)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=30000)
+    w.session.embed_all_slices()
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=60000)
     assert len(cache) == 3 and len(calls) == 3
     for plane in (2, 1, 0, 2):
         viewer.dims.set_current_step(0, plane)
-        qtbot.waitUntil(lambda plane=plane: w.idle and w.embedded[1] == (plane,), timeout=30000)
+        qtbot.waitUntil(lambda plane=plane: w.session.idle and w.session.embedded[1] == (plane,), timeout=30000)
     assert len(calls) == 3  # every plane came back from the disk
-    w.layers[L.POINTS].add(np.array([2.0, 30.0, 40.0]))
-    qtbot.waitUntil(lambda: w.settled and w.layers[L.PREVIEW].data[2].any(), timeout=30000)
-    reloaded = w.layers[L.PREVIEW].data[2].copy()
+    w.session.layers[L.POINTS].add(np.array([2.0, 30.0, 40.0]))
+    qtbot.waitUntil(lambda: w.session.settled and w.session.layers[L.PREVIEW].data[2].any(), timeout=30000)
+    reloaded = w.session.layers[L.PREVIEW].data[2].copy()
     fresh = SAM2ImagePredictor(model)
     fresh.set_image(stack[2])
     masks, scores, _ = fresh.predict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]))

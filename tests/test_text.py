@@ -790,8 +790,8 @@ def text_widget(make_napari_viewer, qtbot, tokenizer):
         viewer = make_napari_viewer()
         viewer.add_image(data, name="img", rgb=True)
         w = SegmentAnythingWidget(viewer)
-        w.set_predictor(StandInPredictor(), "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=5000)
+        w.session.set_predictor(StandInPredictor(), "stand-in")
+        qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=5000)
         generator = ComponentGenerator()
         w.text.generator_factory = lambda predictor, settings: generator
         w.text.scorer_factory = scorer_factory or (lambda predictor, report: ClipScorer(ColourClip(tokenizer)))
@@ -804,7 +804,7 @@ def find(qtbot, w, text, threshold=0.7):
     w.text.text_edit.setText(text)
     w.text.threshold_box.setValue(threshold)
     w.text.run()
-    qtbot.waitUntil(lambda: w.idle and w.text.find_button.isEnabled(), timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and w.text.find_button.isEnabled(), timeout=20000)
 
 
 @pytest.mark.gui
@@ -816,8 +816,8 @@ def test_panel_finds_previews_commits_and_tracks(text_widget, qtbot):
     stack = np.stack([image, image])  # (T, Y, X, 3): the matches can also start tracking
     viewer, w, generator = text_widget(stack)
     viewer.dims.set_current_step(0, 1)
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None and w.embedded[1] == (1,), timeout=5000)
-    labels, preview = w.layers[L.LABELS], w.layers[L.PREVIEW]
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None and w.session.embedded[1] == (1,), timeout=5000)
+    labels, preview = w.session.layers[L.LABELS], w.session.layers[L.PREVIEW]
     labels.data[1, 0:3, 0:3] = 4  # an earlier object: new ids go above it
     find(qtbot, w, "red", threshold=0.5)
     assert generator.calls == 1 and len(w.text.matches) == 2 and w.text.match_plane == (1,)
@@ -873,14 +873,14 @@ def test_panel_on_a_large_plane_goes_tile_by_tile(make_napari_viewer, qtbot, tok
     viewer.add_image(image, name="big", rgb=True)
     w = SegmentAnythingWidget(viewer)
     w.use_cache.setChecked(False)
-    w.set_predictor(Sized(), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=20000)
+    w.session.set_predictor(Sized(), "stand-in")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=20000)
     tiles = []
     w.text.generator_factory = lambda predictor, settings: TileComponents(tiles)
     w.text.scorer_factory = lambda predictor, report: ClipScorer(ColourClip(tokenizer))
     w.text.tiled_factory = lambda predictor, plan: TiledPredictor(Sized(), *plan)
     Sized.shapes.clear()
-    labels, preview = w.layers[L.LABELS], w.layers[L.PREVIEW]
+    labels, preview = w.session.layers[L.LABELS], w.session.layers[L.PREVIEW]
     labels.data[0:3, 0:3] = 7
     find(qtbot, w, "red", threshold=0.6)
     assert len(tiles) == 36 and max(max(t) for t in tiles) == 256  # 6 x 6 tiles, none larger
@@ -904,7 +904,7 @@ def test_panel_errors_are_shown(text_widget, qtbot):
 
     viewer, w, generator = text_widget(image, missing)
     w.text.run()  # no text typed: nothing runs
-    assert generator.calls == 0 and w.idle
+    assert generator.calls == 0 and w.session.idle
     find(qtbot, w, "red")
     assert "optional text extra" in w.status.text() and w.text.matches is None
     w.text.scorer_factory = lambda predictor, report: ClipScorer(ColourClip(get_tokenizer()))
@@ -917,5 +917,5 @@ def test_panel_errors_are_shown(text_widget, qtbot):
     w.text.run()
     assert generator.hold.wait(10) and not w.text.find_button.isEnabled()
     w.cancel()  # the widget's Cancel reaches the text search
-    qtbot.waitUntil(lambda: w.idle and w.text.find_button.isEnabled(), timeout=20000)
+    qtbot.waitUntil(lambda: w.session.idle and w.text.find_button.isEnabled(), timeout=20000)
     assert "cancelled" in w.status.text() and w.text.matches is None

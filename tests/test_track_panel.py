@@ -36,8 +36,8 @@ def widget(make_napari_viewer, qtbot):
         viewer = make_napari_viewer()
         viewer.add_image(frames, name=name, **layer_kwargs)
         w = SegmentAnythingWidget(viewer)
-        w.set_predictor(predictor, "stand-in")
-        qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
+        w.session.set_predictor(predictor, "stand-in")
+        qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=10000)
         assert w.track.prepare()
         return viewer, w
 
@@ -60,7 +60,7 @@ def prompt_scene(w, scene, frame, obj_ids=None, kind="point"):
 
 
 def wait_done(qtbot, w, timeout=30000):
-    qtbot.waitUntil(lambda: w.idle and w.track.run_button.isEnabled(), timeout=timeout)
+    qtbot.waitUntil(lambda: w.session.idle and w.track.run_button.isEnabled(), timeout=timeout)
 
 
 def test_prompts_per_object_ids_colours_and_new_object(widget, scene):
@@ -96,8 +96,8 @@ def test_propagate_both_ways_matches_ground_truth(widget, scene, qtbot):
     seen = []
     panel_results = lambda result: seen.append(result.frame)  # noqa: E731
     panel.run()
-    assert not w.idle and panel.cancel_button.isEnabled()
-    w.current_job.yielded.connect(panel_results)
+    assert not w.session.idle and panel.cancel_button.isEnabled()
+    w.session.current_job.yielded.connect(panel_results)
     wait_done(qtbot, w)
     assert len(seen) >= 50  # frames arrived one by one
     labels = panel.layers[T.TRACKS].data
@@ -109,7 +109,7 @@ def test_propagate_both_ways_matches_ground_truth(widget, scene, qtbot):
     assert set(np.unique(tracks.data[:, 0])) == {1, 2, 3}
     assert tracks.data[:, 1].min() == 0 and tracks.data[:, 1].max() == 59
     # the predictor holds other frames now: the shown one is embedded again
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=10000)
 
 
 def test_corrected_frame_is_a_key_frame_and_kept(widget, scene, qtbot):
@@ -186,12 +186,12 @@ def test_key_frames_are_never_painted_even_mid_run(widget, scene, qtbot):
     labels_layer.fill((20, ys[len(ys) // 2], xs[len(xs) // 2]), 0)
     assert panel.key_frames == {20} and not (labels_layer.data[20] == 3).any()
     corrected = labels_layer.data[20].copy()
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown frame is embedded
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)  # the shown frame is embedded
     # propagate again from frame 0: at every frame done, frame 20 is as the user left it
     segmenter.images, segmenter.after = 0, 12
     seen = []
     panel.run()
-    w.current_job.yielded.connect(lambda r: seen.append(np.array_equal(labels_layer.data[20], corrected)))
+    w.session.current_job.yielded.connect(lambda r: seen.append(np.array_equal(labels_layer.data[20], corrected)))
     qtbot.waitUntil(lambda: segmenter.images >= 12, timeout=10000)
     # mid-run, the user paints object 7 on frame 27, not reached yet: a key frame too
     labels_layer.selected_label = 7
@@ -347,8 +347,8 @@ def test_ticked_channel_layers_are_tracked_with_the_image(widget, qtbot):
     alone = run()
     assert not (alone[1:] == 1).any()  # the image layer alone shows nothing there
     w.image_panel.set_channel_layers(["membrane"])
-    assert [layer.name for layer in w.channel_layers()] == ["membrane"]
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown plane is embedded again
+    assert [layer.name for layer in w.session.channel_layers()] == ["membrane"]
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)  # the shown plane is embedded again
     together = run()
     for t in range(n):
         truth = membrane[t] > 0
@@ -370,7 +370,7 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     labels_layer = panel.layers[T.TRACKS]
     assert labels_layer.data.shape == (n, nz, 64, 64) and panel.layers[T.PROMPTS].ndim == 4
     viewer.dims.current_step = (0, 1, 0, 0)
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown plane is embedded
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)  # the shown plane is embedded
     assert panel.last_box.value() == n - 1
     points = panel.layers[T.PROMPTS]
     for p in scene.prompts(0, "point"):
@@ -394,11 +394,11 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     viewer.dims.current_step = (3, 0, 0, 0)
     assert panel.key_frames == set()
     # along z at the shown t: the slices of t 6 only
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)
     viewer.dims.current_step = (6, 1, 0, 0)
     panel.axis_box.setCurrentIndex(1)
     assert (panel.first_box.value(), panel.last_box.value()) == (0, nz - 1)
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)
     before = np.array(labels)
     points.selected_data = set(range(len(points.data)))
     points.remove_selected()
@@ -413,7 +413,7 @@ def test_time_through_a_tzyx_stack_at_the_shown_z(widget, qtbot, tmp_path):
     # through time again, at z 0: the trajectories show both z tracked through time
     panel.axis_box.setCurrentIndex(0)
     viewer.dims.current_step = (0, 0, 0, 0)
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)
     points.selected_data = set(range(len(points.data)))
     points.remove_selected()
     for p in scene.prompts(source[0][0], "point"):
@@ -498,7 +498,7 @@ def test_exports_written_and_readable(widget, scene, qtbot, tmp_path):
     assert rows[1 + 30][1] == "NaN"  # not tracked there
     worker = panel.export_video(tmp_path / "overlay.mp4")
     assert worker is not None
-    qtbot.waitUntil(lambda: w.idle, timeout=30000)
+    qtbot.waitUntil(lambda: w.session.idle, timeout=30000)
     from src_core.video import VideoFrames
 
     video = VideoFrames(tmp_path / "overlay.mp4")
@@ -582,12 +582,12 @@ def test_bad_input_is_explained(widget, make_napari_viewer, scene, qtbot, monkey
     monkeypatch.setattr("napari_sam._track_panel.show_error", errors.append)
     viewer, w = widget(scene[:], StandInSegmenter(scene.labels_for_image))
     w.track.run()
-    assert "no object is prompted" in errors[-1] and w.idle
+    assert "no object is prompted" in errors[-1] and w.session.idle
     points = w.track.layers[T.PROMPTS]
     points.add(np.array([[3, 5.0, 5.0]]))
     w.track.first_box.setValue(10)
     w.track.run()
-    assert "no prompt lies in frames 10 to 59" in errors[-1] and w.idle
+    assert "no prompt lies in frames 10 to 59" in errors[-1] and w.session.idle
     with pytest.raises(ValueError, match="tracking needs a video"):
         T.check_stack(viewer.add_image(np.zeros((32, 32), np.uint8), name="flat"))
     with pytest.raises(ValueError, match=r"\(T, Z, Y, X\) stack"):
@@ -617,7 +617,7 @@ def test_real_model_end_to_end(widget, scene, qtbot):
     labels = panel.layers[T.TRACKS].data
     assert labels.shape == (60, 128, 128) and labels[0].any()
     assert set(np.unique(labels[:4])) <= {0, 1, 2} and not labels[4:].any()
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=60000)
 
 
 def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
@@ -637,8 +637,8 @@ def test_screenshot_of_track_panel(make_napari_viewer, scene, qtbot, tmp_path):
     w = SegmentAnythingWidget(viewer)
     viewer.window.add_dock_widget(w, name="Segment Anything", area="right")
     viewer.window._qt_window.resize(1500, 1000)
-    w.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
+    w.session.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=10000)
     assert w.track.prepare()
     prompt_scene(w, scene, 30)
     w.tabs.setCurrentWidget(w.track)
@@ -699,7 +699,7 @@ def test_tracks_live_on_disk_and_the_panel_says_why_objects_were_lost(widget, sc
     # lenient: the doubted masks are kept
     panel.settings_panel.lenient_check.setChecked(True)
     assert not panel.settings_panel.min_score_box.isEnabled()
-    qtbot.waitUntil(lambda: w.idle, timeout=10000)  # the shown frame's embedding
+    qtbot.waitUntil(lambda: w.session.idle, timeout=10000)  # the shown frame's embedding
     panel.run()
     wait_done(qtbot, w)
     assert all(set(np.unique(layer.data[t])) >= {1, 2, 3} for t in range(40, 44))  # up to the key frame 44
@@ -737,8 +737,8 @@ def test_opening_the_track_tab_makes_its_layers_ready_for_clicks(make_napari_vie
     viewer = make_napari_viewer()
     viewer.add_image(scene[:], name="video")
     w = SegmentAnythingWidget(viewer)
-    w.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
-    qtbot.waitUntil(lambda: w.idle and w.embedded is not None, timeout=10000)
+    w.session.set_predictor(StandInSegmenter(scene.labels_for_image), "stand-in")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=10000)
     assert T.PROMPTS not in viewer.layers
     w.tabs.setCurrentWidget(w.track)  # the user opens the tab
     points = viewer.layers[T.PROMPTS]
@@ -746,7 +746,7 @@ def test_opening_the_track_tab_makes_its_layers_ready_for_clicks(make_napari_vie
     assert (w.track.first_box.value(), w.track.last_box.value()) == (0, len(scene) - 1)
     assert "Click on an object" in w.track.hint_label.text() and "Propagate" in w.track.hint_label.text()
     points.add(np.array([[5, 40.0, 40.0]]))  # a click lands on the track prompts, object 1
-    assert list(points.features["obj_id"]) == [1] and not w.layers["SAM points"].data.size
+    assert list(points.features["obj_id"]) == [1] and not w.session.layers["SAM points"].data.size
 
 
 def test_the_track_tab_on_a_2d_image_says_what_it_needs(make_napari_viewer, qtbot):
