@@ -356,33 +356,13 @@ def sam2_model_name(args: argparse.Namespace) -> str | None:
     return f"sam2.1_hiera_{size}"
 
 
-def build_sam2_image_predictor(args: argparse.Namespace, name: str) -> Any:
-    """SAM 2.1's image predictor (:class:`~src_core.sam2_predictor.SAM2ImagePredictor`)
-    for the model ``name``."""
-    from ..model.sam2.build import build_sam2
-    from ..sam2_predictor import SAM2ImagePredictor
-
+def _load_sam2(args: argparse.Namespace, name: str, builder: Any) -> Any:
+    """``builder(name, checkpoint, device=, dtype=, download=, progress=)`` with the
+    command line's progress bar, status and one-line errors."""
     bar = ProgressBar(f"downloading {name}", "B")
     try:
         status(f"loading the {name} model...")
-        return SAM2ImagePredictor(build_sam2(
-            name, args.checkpoint, device=args.device, dtype=args.dtype,
-            download=not args.no_download, progress=bar,
-        ))
-    except ENGINE_ERRORS as exc:
-        raise UsageError(str(exc)) from exc
-    finally:
-        bar.close()
-
-
-def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
-    """SAM 2.1's video predictor (:mod:`src_core.sam2_video`) for the model ``name``."""
-    from ..sam2_video import build_sam2_video_predictor
-
-    bar = ProgressBar(f"downloading {name}", "B")
-    try:
-        status(f"loading the {name} model...")
-        return build_sam2_video_predictor(
+        return builder(
             name, args.checkpoint, device=args.device, dtype=args.dtype,
             download=not args.no_download, progress=bar,
         )
@@ -390,6 +370,22 @@ def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
         raise UsageError(str(exc)) from exc
     finally:
         bar.close()
+
+
+def build_sam2_image_predictor(args: argparse.Namespace, name: str) -> Any:
+    """SAM 2.1's image predictor (:class:`~src_core.sam2_predictor.SAM2ImagePredictor`)
+    for the model ``name``."""
+    from ..model.sam2.build import build_sam2
+    from ..sam2_predictor import SAM2ImagePredictor
+
+    return SAM2ImagePredictor(_load_sam2(args, name, build_sam2))
+
+
+def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
+    """SAM 2.1's video predictor (:mod:`src_core.sam2_video`) for the model ``name``."""
+    from ..sam2_video import build_sam2_video_predictor
+
+    return _load_sam2(args, name, build_sam2_video_predictor)
 
 
 def build_predictor(args: argparse.Namespace) -> Any:
