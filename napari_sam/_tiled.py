@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from src_core.protocols import is_sam2_model
 from src_core.tiling import (
     TiledMask,
     TiledObjectSegmenter,
@@ -31,12 +30,8 @@ Region = tuple  # (plane, y0, y1, x0, x1)
 
 
 def plan_for(image_layer, predictor) -> tuple[int, int] | None:
-    """(tile_size, overlap) when the image's planes are large for ``predictor``'s model, else None.
-
-    None for SAM 2.1 models, whose planes are embedded whole (downscaled to the model's
-    input) for now."""
-    if is_sam2_model(getattr(predictor, "model", None)):
-        return None
+    """(tile_size, overlap) when the image's planes are large for ``predictor``'s model
+    (SAM 1 or SAM 2.1), else None."""
     return tiling_plan(L.spatial_shape(image_layer)[-2:], model_input_size(predictor))
 
 

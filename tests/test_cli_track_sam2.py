@@ -143,3 +143,23 @@ def test_label_with_sam2(sam2_file, plane, tmp_path, capsys):
         record = json.loads((out / f"{key}.json").read_text())
         assert record["image"]["model"] == "sam2.1_hiera_tiny"
         assert tifffile.imread(out / f"{key}.tif").shape == shape
+
+
+def test_segment_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsys):
+    """A plane more than 4x SAM 2.1's input (1024 px) is segmented tile by tile into a
+    tiled TIFF, as with SAM 1: only the tiles the click reaches are embedded."""
+    import tifffile
+
+    image = np.zeros((200, 4200), np.uint8)
+    image[60:140, 3000:3100] = 220
+    plane = tmp_path / "wide.tif"
+    tifffile.imwrite(plane, image)
+    out = tmp_path / "wide_labels.tif"
+    code = main(["segment", str(plane), "--point", "3050,100", "--checkpoint", str(sam2_file),
+                 "-o", str(out), "--device", "cpu", "--dtype", "bfloat16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "segmenting in 1024-px tiles" in captured.err
+    labels = tifffile.imread(out)
+    assert labels.shape == (200, 4200) and labels.max() == 1 and labels[100, 3050] == 1
+    assert "label 1:" in captured.out

@@ -148,3 +148,38 @@ def test_sam2_embeddings_kept_on_disk(make_napari_viewer, qtbot, tmp_path):
     fresh.set_image(stack[2])
     masks, scores, _ = fresh.predict(point_coords=np.array([[40.0, 30.0]]), point_labels=np.array([1]))
     assert np.array_equal(reloaded > 0, masks[np.argmax(scores)] > 0)
+
+
+def test_sam2_prompts_a_large_plane_tile_by_tile(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A plane more than 4x SAM 2.1's input is prompted tile by tile, as with SAM 1: only
+    the tiles the click reaches are embedded (with their high-resolution features, kept
+    in memory and on disk), and the mask is painted where it was predicted."""
+    from napari_sam._widget import SegmentAnythingWidget
+    from src_core.sam2_predictor import SAM2ImagePredictor
+    from src_core.tiling import TiledObjectSegmenter
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    model = _sam2_model(image_size=256)
+    model.weights_id = "sam2-test-weights"
+    image = np.zeros((300, 1100), np.uint8)
+    image[100:180, 700:800] = 220
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="wide")
+    w = SegmentAnythingWidget(viewer)
+    w.session.set_predictor(SAM2ImagePredictor(model), "sam2 tiny (256 px)")
+    qtbot.waitUntil(lambda: w.session.idle and w.session.embedded is not None, timeout=30000)
+    segmenter = w.session.segmenter
+    assert isinstance(segmenter, TiledObjectSegmenter) and "256-px tiles" in w.session.status
+    w.session.layers[L.POINTS].add(np.array([140.0, 750.0]))
+    qtbot.waitUntil(lambda: w.session.settled and w.session.layers[L.PREVIEW].data.any(), timeout=60000)
+    tiled = segmenter.tiled
+    assert 1 <= tiled.embeddings_computed <= 4  # the tiles this click reached, not all 15
+    result = segmenter.candidates.tiled
+    window = result.window
+    preview = w.session.layers[L.PREVIEW].data
+    assert preview.sum() == result.area
+    outside = preview.copy()
+    outside[window.y0 : window.y1, window.x0 : window.x1] = 0
+    assert outside.sum() == 0  # painted inside the window it was predicted in
+    w.commit()
+    assert (w.session.layers[L.LABELS].data > 0).sum() == result.area

@@ -174,7 +174,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     output = check_output_file(args.output)
     image_path = Path(args.image).expanduser()
     image = select_plane(read_image(image_path), args.slice, str(image_path))
-    from ..tiling import tiling_plan
+    from ..tiling import model_input_size, tiling_plan
     from ..tiling.large import large_plane_shape, segment_large
 
     try:
@@ -187,16 +187,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _check_prompts_inside(points, boxes, height, width)
 
     sam2_name = sam2_model_name(args)
-    if sam2_name is not None:  # SAM 2.1: the plane is embedded whole, resized to its input
-        if size is not None:
-            raise UsageError(
-                f"{image_path} is a large plane ({width}x{height}); SAM 2.1 models do not tile "
-                "yet: use a SAM 1 model (e.g. --model vit_b) or crop it"
-            )
-        return _segment_plane(build_sam2_image_predictor(args, sam2_name), image, args, channels,
-                              points, boxes, output, (height, width))
-    sam = build_model(args)
-    plan = tiling_plan((height, width), sam.image_encoder.img_size)
+    if sam2_name is not None:  # SAM 2.1: its image predictor, tiled on large planes as SAM 1
+        sam = build_sam2_image_predictor(args, sam2_name)
+    else:
+        sam = build_model(args)
+    plan = tiling_plan((height, width), model_input_size(sam))
     if plan is not None:  # large: tile by tile, labels through a memmap into a tiled TIFF
         try:
             objects = segment_large(sam, image, plan, points, boxes, output, channel_axis=args.channel_axis,
@@ -211,7 +206,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from ..predictor import SamPredictor
 
-    return _segment_plane(SamPredictor(sam), image, args, channels, points, boxes, output, (height, width))
+    predictor = sam if sam2_name is not None else SamPredictor(sam)
+    return _segment_plane(predictor, image, args, channels, points, boxes, output, (height, width))
 
 
 def _segment_plane(predictor: Any, image: Any, args: argparse.Namespace, channels: Any,

@@ -92,10 +92,13 @@ def paste_crop(out: Any, mask: np.ndarray, offset: tuple[int, int], value: int |
 
 
 def model_input_size(predictor_or_generator: object) -> int | None:
-    """The image encoder's input size of a SamPredictor or generator, or None if it has none."""
+    """The image encoder's input size of a SAM 1 or SAM 2.1 model, predictor or
+    generator, or None if it has none."""
     obj = getattr(predictor_or_generator, "predictor", predictor_or_generator)
-    encoder = getattr(getattr(obj, "model", None), "image_encoder", None)
-    size = getattr(encoder, "img_size", None)
+    model = getattr(obj, "model", obj)
+    size = getattr(getattr(model, "image_encoder", None), "img_size", None)
+    if size is None:
+        size = getattr(model, "image_size", None)  # SAM 2.1
     return int(size) if size is not None else None
 
 
@@ -365,7 +368,11 @@ class TiledPredictor:
             return
         stored = self._embeddings.get(key)
         if stored is not None:
-            self.predictor.set_embedding(*stored)
+            embedding, original_size, input_size, extras = stored
+            if extras is None:
+                self.predictor.set_embedding(embedding, original_size, input_size)
+            else:  # SAM 2.1: the high-resolution features go with the embedding
+                self.predictor.set_embedding(embedding, original_size, input_size, extra_features=extras)
             self._embeddings.move_to_end(key)
             self._current = key
             return
@@ -383,10 +390,12 @@ class TiledPredictor:
         else:
             self.embeddings_computed += 1
         if self._keeps_embeddings:
+            extras = self.predictor.extra_features() if hasattr(self.predictor, "extra_features") else None
             self._embeddings[key] = (
                 self.predictor.get_image_embedding(),
                 tuple(self.predictor.original_size),
                 tuple(self.predictor.input_size),
+                extras,
             )
             while len(self._embeddings) > self.max_cached_tiles:
                 self._embeddings.popitem(last=False)
