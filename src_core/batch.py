@@ -313,6 +313,7 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
     try:
         from .automatic import masks_to_label_image
         from .preprocess import to_rgb
+        from .tiling import model_input_size
         from .tiling.large import label_large_image
 
         image = read_image(item, videos)
@@ -323,11 +324,9 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
             from .model.build import infer_model_type
 
             model_type = infer_model_type(sam.state_dict()) or "unknown"
-        # large images: tile by tile, labels painted into a memmap (deleted once written);
-        # SAM 2.1 does not tile yet: its generator takes the plane whole
-        large = None if is_sam2_model(sam) else label_large_image(
-            generator, image, sam.image_encoder.img_size, Path(job.out_dir)
-        )
+        # large images (SAM 1 or SAM 2.1): tile by tile, labels painted into a memmap
+        # (deleted once written)
+        large = label_large_image(generator, image, model_input_size(sam), Path(job.out_dir))
         if large is not None:
             records, labels, labels_file = large
             try:

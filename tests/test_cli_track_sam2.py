@@ -163,3 +163,24 @@ def test_segment_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsy
     labels = tifffile.imread(out)
     assert labels.shape == (200, 4200) and labels.max() == 1 and labels[100, 3050] == 1
     assert "label 1:" in captured.out
+
+
+def test_label_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsys):
+    """``label`` on a plane over 4x SAM 2.1's input: segment everything tile by tile."""
+    import tifffile
+
+    data = tmp_path / "data"
+    data.mkdir()
+    image = np.zeros((200, 4200), np.uint8)
+    image[60:140, 3000:3100] = 220
+    tifffile.imwrite(data / "wide.tif", image)
+    out = tmp_path / "out"
+    code = main(["label", str(data), "-o", str(out), "--checkpoint", str(sam2_file),
+                 "--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+                 "--device", "cpu", "--dtype", "bfloat16"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    record = json.loads((out / "wide.json").read_text())
+    assert record["image"]["model"] == "sam2.1_hiera_tiny"
+    with tifffile.TiffFile(out / "wide.tif") as tif:  # the large-image path writes a tiled TIFF
+        assert tif.pages[0].shape == (200, 4200) and tif.pages[0].is_tiled
