@@ -113,14 +113,6 @@ def test_segment_with_sam2(sam2_file, plane, tmp_path, capsys):
     assert tifffile.imread(out2).shape == (90, 120)
 
 
-def test_segment_text_refused_with_sam2(sam2_file, plane, tmp_path, capsys):
-    code = main(["segment", str(plane), "--text", "a cell", "--checkpoint", str(sam2_file),
-                 "-o", str(tmp_path / "t.tif")])
-    err = capsys.readouterr().err
-    assert code == 2 and "--text runs on SAM 1 models for now" in err and err.count("\n") == 1, err
-    assert not (tmp_path / "t.tif").exists()
-
-
 def test_label_with_sam2(sam2_file, plane, tmp_path, capsys):
     """Segment everything over a folder with SAM 2.1's generator: the model is read
     from the file, every image gets its labels and COCO JSON naming the model."""

@@ -669,6 +669,28 @@ def stand_in_clip(monkeypatch, tokenizer):
 LOOSE = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
 
 
+def test_cli_segment_text_with_sam2(capsys, stand_in_clip, tmp_path, monkeypatch):
+    """``segment --text`` with a SAM 2.1 checkpoint: SAM 2.1's candidates, CLIP's choice."""
+    from src_core.model.sam2.sam2_base import build_sam2_model
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": {k: v.half() for k, v in build_sam2_model("tiny").state_dict().items()}}, checkpoint)
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, colour_image()[0])
+    out = tmp_path / "labels.tif"
+    code = main(["segment", str(image), "--checkpoint", str(checkpoint), "-o", str(out), *LOOSE,
+                 "--text", "red", "--threshold", "0", "--top-k", "2", "--dtype", "bfloat16"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "loading the sam2.1_hiera_tiny model" in err and "matching 'red'" in err
+    labels = tifffile.imread(out)
+    lines = stdout.strip().splitlines()
+    assert labels.shape == (64, 64) and 1 <= len(lines) <= 2
+    assert set(np.unique(labels)) - {0} == set(range(1, len(lines) + 1))
+
+
 def test_cli_segment_text(capsys, tiny_sam, stand_in_clip, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
     image = tmp_path / "img.tif"

@@ -148,8 +148,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.text is not None:
         from .text import cmd_segment_text
 
-        if sam2_model_name(args) is not None:
-            raise UsageError("--text runs on SAM 1 models for now (vit_b, vit_tiny, ...), not on SAM 2.1")
 
         return cmd_segment_text(args)
     points = [parse_point(text) for text in args.point]

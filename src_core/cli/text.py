@@ -21,11 +21,13 @@ from .common import (
     ProgressBar,
     UsageError,
     build_model,
+    build_sam2_image_predictor,
     check_not_blank,
     check_output_file,
     image_size,
     parse_channels,
     read_image,
+    sam2_model_name,
     select_plane,
     status,
     write_labels,
@@ -117,7 +119,7 @@ def find_objects(
 ) -> list:
     """The objects ``args.text`` names in ``image`` (best first), as TextMatch records;
     with a tiling ``plan`` (tile size, overlap), tile by tile, as TiledTextMatch records."""
-    from ..automatic import SamAutomaticMaskGenerator
+    from ..automatic import mask_generator_for
     from ..text import TextPromptError, segment_text, segment_text_tiled
 
     status("loading CLIP ...")
@@ -127,7 +129,7 @@ def find_objects(
         raise UsageError(str(exc)) from exc
     except ImportError as exc:  # TextExtraMissing
         raise UsageError(str(exc)) from exc
-    generator = SamAutomaticMaskGenerator(
+    generator = mask_generator_for(  # SAM 1's or SAM 2.1's candidates
         predictor.model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
         output_mode="binary_mask" if plan is None else "uncompressed_rle",
@@ -161,7 +163,7 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
     output = check_output_file(args.output)
     image_path = Path(args.image).expanduser()
     image = select_plane(read_image(image_path), args.slice, str(image_path))
-    from ..tiling import tiling_plan
+    from ..tiling import model_input_size, tiling_plan
     from ..tiling.large import large_plane_shape
 
     try:
@@ -171,11 +173,14 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
     height, width = large or image_size(image, args.channel_axis, channels)
     if large is None:  # small enough to look at whole
         check_not_blank(image, image_path)
-    sam = build_model(args)
-    plan = tiling_plan((height, width), sam.image_encoder.img_size)
+    from ..predictor import SamPredictor
+
+    sam2_name = sam2_model_name(args)
+    predictor = (build_sam2_image_predictor(args, sam2_name) if sam2_name is not None
+                 else SamPredictor(build_model(args)))
+    plan = tiling_plan((height, width), model_input_size(predictor))
     import numpy as np
 
-    from ..predictor import SamPredictor
     from ..text import matches_to_labels
 
     normalization = {"channel_axis": args.channel_axis, "channels": channels}
@@ -183,11 +188,11 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
         from ..tiling.large import write_large_labels
 
         status(f"{width}x{height} px: looking tile by tile ({plan[0]}-px tiles, overlap {plan[1]} px)")
-        matches = find_objects(SamPredictor(sam), image, args, normalization, plan=plan)
+        matches = find_objects(predictor, image, args, normalization, plan=plan)
         # label 1 is the best match and wins where matches overlap: painted last
         areas = write_large_labels(output, (height, width), matches, range(len(matches) - 1, -1, -1))
     else:
-        matches = find_objects(SamPredictor(sam), np.asarray(image), args, normalization)
+        matches = find_objects(predictor, np.asarray(image), args, normalization)
         labels = matches_to_labels(matches, (height, width))
         write_labels(output, labels)
         areas = [int((labels == k + 1).sum()) for k in range(len(matches))]
