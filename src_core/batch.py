@@ -107,7 +107,7 @@ def _sam2_name(checkpoint: str) -> str:
     from .checkpoints import load_state_dict
     from .model.sam2.build import infer_sam2_size
 
-    size = infer_sam2_size(load_state_dict(checkpoint))
+    size = infer_sam2_size(load_state_dict(checkpoint, mmap=True))  # keys and shapes only
     if size is None:
         raise ValueError(f"{checkpoint} holds a SAM 2 model of an unknown size")
     return f"sam2.1_hiera_{size}"

@@ -839,8 +839,12 @@ def holds_sam2(path: str | os.PathLike) -> bool:
     return any("image_encoder.trunk.pos_embed" in t for t in tables)
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Load a checkpoint's weights on the CPU without running any pickled code.
+
+    ``mmap=True`` maps the file instead of reading it: shapes and keys are there at
+    once and a tensor's bytes are read only when used (to look inside a large file,
+    e.g. to learn a model's size, before the builder loads it).
 
     Accepts a bare state dict or one nested under ``"model"`` or
     ``"state_dict"``; a ``"module."`` prefix on every key (DataParallel) is
@@ -861,7 +865,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     import torch
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except MemoryError:
         raise
     except pickle.UnpicklingError as exc:

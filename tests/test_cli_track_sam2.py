@@ -176,3 +176,20 @@ def test_label_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsys)
     assert record["image"]["model"] == "sam2.1_hiera_tiny"
     with tifffile.TiffFile(out / "wide.tif") as tif:  # the large-image path writes a tiled TIFF
         assert tif.pages[0].shape == (200, 4200) and tif.pages[0].is_tiled
+
+
+def test_a_sam2_file_is_read_once(sam2_file, plane, tmp_path, monkeypatch, capsys):
+    """Choosing SAM 2.1 and its size from --checkpoint looks at the file memory-mapped;
+    only the builder reads its tensors (a large checkpoint is not read twice)."""
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if str(f) == str(sam2_file) and not kwargs.get("mmap"):
+            reads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    assert main(["segment", str(plane), "--point", "50,40", "--checkpoint", str(sam2_file),
+                 "-o", str(tmp_path / "o.tif"), "--dtype", "float32"]) == 0
+    assert len(reads) == 1, capsys.readouterr().err

@@ -346,8 +346,8 @@ def sam2_model_name(args: argparse.Namespace) -> str | None:
         return args.model if args.model in checkpoints.SAM2_CHECKPOINTS else None
     if args.checkpoint is None or not checkpoints.holds_sam2(args.checkpoint):
         return None
-    try:
-        state = checkpoints.load_state_dict(args.checkpoint)
+    try:  # memory-mapped: only the keys and shapes are read here, the builder loads the file
+        state = checkpoints.load_state_dict(args.checkpoint, mmap=True)
     except ENGINE_ERRORS as exc:
         raise UsageError(str(exc)) from exc
     size = infer_sam2_size(state)
