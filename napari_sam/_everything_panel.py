@@ -234,7 +234,7 @@ class EverythingPanel(JobPanel):
 
     def run(self) -> None:
         """Segment everything in the chosen image (shown plane or all slices) in a worker."""
-        if not self.host_ready():
+        if not self.session_ready():
             return
         session = self.session
         image = session.image_layer

@@ -182,7 +182,7 @@ class FinetunePanel(JobPanel):
     def run(self) -> None:
         """Fine-tune a copy of the loaded model on the chosen image and labels, in a worker."""
         session = self.session
-        if not self.host_ready(model=False, layers=False):
+        if not self.session_ready(model=False, layers=False):
             return
         image = session.image_layer
         model = getattr(session.predictor, "model", None)

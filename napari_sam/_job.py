@@ -69,7 +69,7 @@ class JobPanel(QWidget):
 
     # -- checks before a run ---------------------------------------------------------------
 
-    def host_ready(self, *, model: bool = True, layers: bool = True) -> bool:
+    def session_ready(self, *, model: bool = True, layers: bool = True) -> bool:
         """The checks every run starts with, each a warning naming what to do: no other
         job running, an image chosen, a model loaded, the image's SAM layers there
         (made again when one was removed)."""

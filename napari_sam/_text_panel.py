@@ -131,7 +131,7 @@ class TextPanel(JobPanel):
         if not text:
             show_warning("SAM text: type what to find first, e.g. 'nucleus'.")
             return
-        if not self.host_ready():
+        if not self.session_ready():
             return
         image = session.image_layer
         plan = T.plan_for(image, session.predictor)
