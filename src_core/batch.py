@@ -318,12 +318,15 @@ def label_image(item: ImageItem, job: LabelJob, models: ModelCache,
 
         image = read_image(item, videos)
         model_type = job.model.model_type
-        if model_type == "auto" and is_sam2_model(sam):
-            model_type = _sam2_name(job.model.checkpoint)
-        elif model_type == "auto":
+        if model_type == "auto":  # named from the loaded weights (no file read per image)
             from .model.build import infer_model_type
+            from .model.sam2.build import infer_sam2_size
 
-            model_type = infer_model_type(sam.state_dict()) or "unknown"
+            if is_sam2_model(sam):
+                size = infer_sam2_size(sam.state_dict())
+                model_type = f"sam2.1_hiera_{size}" if size else "unknown"
+            else:
+                model_type = infer_model_type(sam.state_dict()) or "unknown"
         # large images (SAM 1 or SAM 2.1): tile by tile, labels painted into a memmap
         # (deleted once written)
         large = label_large_image(generator, image, model_input_size(sam), Path(job.out_dir))

@@ -137,15 +137,25 @@ def test_label_with_sam2(sam2_file, plane, tmp_path, capsys):
         assert tifffile.imread(out / f"{key}.tif").shape == shape
 
 
-def test_segment_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsys):
-    """A plane more than 4x SAM 2.1's input (1024 px) is segmented tile by tile into a
-    tiled TIFF, as with SAM 1: only the tiles the click reaches are embedded."""
+@pytest.fixture(scope="module")
+def wide_folder(tmp_path_factory) -> Path:
+    """A folder with one 200 x 4200 plane (more than 4x SAM 2.1's 1024-px input), one
+    bright object around x=3050, y=100."""
     import tifffile
 
     image = np.zeros((200, 4200), np.uint8)
     image[60:140, 3000:3100] = 220
-    plane = tmp_path / "wide.tif"
-    tifffile.imwrite(plane, image)
+    folder = tmp_path_factory.mktemp("wide")
+    tifffile.imwrite(folder / "wide.tif", image)
+    return folder
+
+
+def test_segment_a_large_plane_with_sam2_tile_by_tile(sam2_file, wide_folder, tmp_path, capsys):
+    """A plane more than 4x SAM 2.1's input (1024 px) is segmented tile by tile into a
+    tiled TIFF, as with SAM 1: only the tiles the click reaches are embedded."""
+    import tifffile
+
+    plane = wide_folder / "wide.tif"
     out = tmp_path / "wide_labels.tif"
     code = main(["segment", str(plane), "--point", "3050,100", "--checkpoint", str(sam2_file),
                  "-o", str(out), "--device", "cpu", "--dtype", "bfloat16"])
@@ -157,17 +167,12 @@ def test_segment_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsy
     assert "label 1:" in captured.out
 
 
-def test_label_a_large_plane_with_sam2_tile_by_tile(sam2_file, tmp_path, capsys):
+def test_label_a_large_plane_with_sam2_tile_by_tile(sam2_file, wide_folder, tmp_path, capsys):
     """``label`` on a plane over 4x SAM 2.1's input: segment everything tile by tile."""
     import tifffile
 
-    data = tmp_path / "data"
-    data.mkdir()
-    image = np.zeros((200, 4200), np.uint8)
-    image[60:140, 3000:3100] = 220
-    tifffile.imwrite(data / "wide.tif", image)
     out = tmp_path / "out"
-    code = main(["label", str(data), "-o", str(out), "--checkpoint", str(sam2_file),
+    code = main(["label", str(wide_folder), "-o", str(out), "--checkpoint", str(sam2_file),
                  "--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
                  "--device", "cpu", "--dtype", "bfloat16"])
     err = capsys.readouterr().err

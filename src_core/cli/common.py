@@ -389,9 +389,13 @@ def build_video_predictor(args: argparse.Namespace, name: str) -> Any:
 
 
 def build_predictor(args: argparse.Namespace) -> Any:
-    """A :class:`~src_core.predictor.SamPredictor` on :func:`build_model`'s model."""
+    """The image predictor the arguments name: SAM 2.1's (:func:`sam2_model_name`), else a
+    :class:`~src_core.predictor.SamPredictor` on :func:`build_model`'s model."""
     from ..predictor import SamPredictor
 
+    sam2_name = sam2_model_name(args)
+    if sam2_name is not None:
+        return build_sam2_image_predictor(args, sam2_name)
     return SamPredictor(build_model(args))
 
 

@@ -23,8 +23,7 @@ from .common import (
     Point,
     UsageError,
     add_model_arguments,
-    build_model,
-    build_sam2_image_predictor,
+    build_predictor,
     check_model_name,
     check_not_blank,
     check_output_file,
@@ -33,7 +32,6 @@ from .common import (
     parse_channels,
     parse_point,
     read_image,
-    sam2_model_name,
     select_plane,
     status,
     write_labels,
@@ -148,7 +146,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.text is not None:
         from .text import cmd_segment_text
 
-
         return cmd_segment_text(args)
     points = [parse_point(text) for text in args.point]
     boxes = [parse_box(text) for text in args.box]
@@ -184,15 +181,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         check_not_blank(image, image_path)
     _check_prompts_inside(points, boxes, height, width)
 
-    sam2_name = sam2_model_name(args)
-    if sam2_name is not None:  # SAM 2.1: its image predictor, tiled on large planes as SAM 1
-        sam = build_sam2_image_predictor(args, sam2_name)
-    else:
-        sam = build_model(args)
-    plan = tiling_plan((height, width), model_input_size(sam))
+    predictor = build_predictor(args)  # SAM 1's or SAM 2.1's; both tile large planes
+    plan = tiling_plan((height, width), model_input_size(predictor))
     if plan is not None:  # large: tile by tile, labels through a memmap into a tiled TIFF
         try:
-            objects = segment_large(sam, image, plan, points, boxes, output, channel_axis=args.channel_axis,
+            objects = segment_large(predictor, image, plan, points, boxes, output, channel_axis=args.channel_axis,
                                     channels=channels, multimask=args.multimask, status=status)
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from exc
@@ -202,9 +195,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         status(f"wrote {output} ({width}x{height}, {len(objects)} object{'s' * (len(objects) != 1)})")
         return 0
 
-    from ..predictor import SamPredictor
-
-    predictor = sam if sam2_name is not None else SamPredictor(sam)
     return _segment_plane(predictor, image, args, channels, points, boxes, output, (height, width))
 
 

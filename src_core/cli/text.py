@@ -20,14 +20,12 @@ from .common import (
     ENGINE_ERRORS,
     ProgressBar,
     UsageError,
-    build_model,
-    build_sam2_image_predictor,
+    build_predictor,
     check_not_blank,
     check_output_file,
     image_size,
     parse_channels,
     read_image,
-    sam2_model_name,
     select_plane,
     status,
     write_labels,
@@ -173,11 +171,7 @@ def cmd_segment_text(args: argparse.Namespace) -> int:
     height, width = large or image_size(image, args.channel_axis, channels)
     if large is None:  # small enough to look at whole
         check_not_blank(image, image_path)
-    from ..predictor import SamPredictor
-
-    sam2_name = sam2_model_name(args)
-    predictor = (build_sam2_image_predictor(args, sam2_name) if sam2_name is not None
-                 else SamPredictor(build_model(args)))
+    predictor = build_predictor(args)  # SAM 1's or SAM 2.1's
     plan = tiling_plan((height, width), model_input_size(predictor))
     import numpy as np
 

@@ -70,7 +70,7 @@ def write_tiled_tiff(path: Path, labels: Any) -> None:
 
 
 def segment_large(
-    sam: Any,
+    predictor: Any,
     image: Any,
     plan: tuple[int, int],
     points: Sequence[Any],
@@ -84,14 +84,10 @@ def segment_large(
 ) -> list[tuple[int, int, float]]:
     """``segment`` on a large plane: one object for the points (and box), or one per box.
 
-    ``sam`` is a SAM 1 model, or a predictor (SAM 1's or SAM 2.1's image predictor).
-    Writes uint16 labels 1..K to ``output`` (a tiled TIFF); where objects overlap the
+    ``predictor`` is SAM 1's or SAM 2.1's image predictor. Writes uint16 labels 1..K to ``output`` (a tiled TIFF); where objects overlap the
     higher predicted IoU wins. Returns (area, area before overlaps, predicted IoU)
     per label.
     """
-    from ..predictor import SamPredictor
-
-    predictor = sam if hasattr(sam, "predict") else SamPredictor(sam)
     tiled = TiledPredictor(predictor, *plan)
     tiled.set_image(image, channel_axis=channel_axis, channels=channels)
     height, width = tiled.source.shape
